@@ -1,0 +1,1 @@
+"""Checkpoint converters between our checkpoints and the official PyTorch / Hugging Face formats."""

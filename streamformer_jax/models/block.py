@@ -1,0 +1,50 @@
+"""The divided space-time block: causal temporal attention (tanh-gated) -> spatial attention (LoRA) -> MLP."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from streamformer_jax.models.attention import FusedQKVAttention, spatial_attention, temporal_attention
+from streamformer_jax.models.config import StreamFormerConfig
+from streamformer_jax.models.layers import MLP, Dense, LayerNorm, param
+
+
+class DividedSpaceTimeBlock(nnx.Module):
+    def __init__(self, cfg: StreamFormerConfig, *, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        self.dtype = cfg.compute_dtype
+        # Temporal branch (new in StreamFormer). LoRA is never applied here.
+        self.temporal_layernorm = LayerNorm(d, cfg.layer_norm_eps, rngs=rngs)
+        self.temporal_attention = FusedQKVAttention(d, cfg.num_heads, cfg.qkv_bias, rngs=rngs)
+        self.temporal_dense = Dense((d,), (d,), ("embed",), ("embed",), rngs=rngs)
+        # tanh(gate) scales the temporal residual; 0 at init makes the block a per-frame SigLIP layer.
+        self.temporal_gate = param(rngs, nnx.initializers.zeros, (), ())
+        # Spatial branch and MLP (the SigLIP layer).
+        self.layernorm_before = LayerNorm(d, cfg.layer_norm_eps, rngs=rngs)
+        self.attention = FusedQKVAttention(d, cfg.num_heads, cfg.qkv_bias, lora=True,
+                                           lora_rank=cfg.lora_rank, rngs=rngs)
+        self.layernorm_after = LayerNorm(d, cfg.layer_norm_eps, rngs=rngs)
+        self.mlp = MLP(d, cfg.mlp_size, cfg.gelu_approximate, rngs=rngs)
+
+    # The temporal branch is split in two so that streaming can put a KV cache between the halves.
+    def temporal_qkv(self, h: jax.Array):
+        """h: [B, T, N, D] -> q, k, v: [B, T, N, H, d]."""
+        return self.temporal_attention.project_qkv(self.temporal_layernorm(h), self.dtype)
+
+    def temporal_residual(self, h: jax.Array, attended: jax.Array) -> jax.Array:
+        a = self.temporal_attention.out(attended, self.dtype)
+        a = self.temporal_dense(a, self.dtype)
+        return h + jnp.tanh(self.temporal_gate[...]).astype(self.dtype) * a
+
+    def spatial_and_mlp(self, h: jax.Array) -> jax.Array:
+        """Per-frame part of the block; h: [B, T, N, D]."""
+        q, k, v = self.attention.project_qkv(self.layernorm_before(h), self.dtype)
+        s = spatial_attention(q, k, v, self.attention.scale)
+        h = h + self.attention.out(s, self.dtype)
+        return h + self.mlp(self.layernorm_after(h), self.dtype)
+
+    def __call__(self, h: jax.Array, temporal_mask: jax.Array | None) -> jax.Array:
+        q, k, v = self.temporal_qkv(h)
+        attended = temporal_attention(q, k, v, self.temporal_attention.scale, temporal_mask)
+        return self.spatial_and_mlp(self.temporal_residual(h, attended))

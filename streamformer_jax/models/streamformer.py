@@ -1,0 +1,85 @@
+"""The StreamFormer backbone (official `TimesformerMultiTaskingModelSigLIP`) as a Flax NNX module."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from streamformer_jax.models.attention import temporal_mask
+from streamformer_jax.models.block import DividedSpaceTimeBlock
+from streamformer_jax.models.config import StreamFormerConfig
+from streamformer_jax.models.embeddings import Embeddings, clip_time_ids
+from streamformer_jax.models.heads import MAPHead
+from streamformer_jax.models.layers import LayerNorm
+
+
+def normalize_pixels(frames: jax.Array) -> jax.Array:
+    """uint8 RGB [0, 255] -> float32 [-1, 1] with SigLIP's mean = std = 0.5 (every official pipeline)."""
+    return (frames.astype(jnp.float32) / 255.0 - 0.5) / 0.5
+
+
+class StreamFormer(nnx.Module):
+    """Divided space-time ViT with causal temporal attention and a per-frame MAP head.
+
+    Input: normalised pixels `[B, T, H, W, C]` (channels last; the official layout is `[B, T, C, H, W]`).
+    Output dict: `pooler_output [B, T, D]` (frame t has seen frames 0..t when causal) and
+    `last_hidden_state [B, T, N, D]` (post-LayerNorm patch tokens, patches row-major), plus
+    `hidden_states` (L+1 arrays `[B, T, N, D]`, before the final norm) when asked for.
+    """
+
+    def __init__(self, config: StreamFormerConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embeddings = Embeddings(config, rngs=rngs)
+        self.layers = nnx.List([DividedSpaceTimeBlock(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.post_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps, rngs=rngs)
+        self.head = MAPHead(config, rngs=rngs)
+
+    def __call__(self, pixels: jax.Array, *, time_ids: jax.Array | None = None,
+                 temporal_window: int | None = None, output_hidden_states: bool = False) -> dict[str, Any]:
+        """Clip forward.
+
+        time_ids: int [T] rows of the time table per frame; default: the official clip rule (first T rows,
+          nearest-resized when T exceeds the configured frame count).
+        temporal_window: if given, frame t attends only to frames t-W < s <= t (what the sliding-window
+          streaming cache computes); default: all earlier frames (causal) or all frames (non-causal).
+        """
+        cfg = self.config
+        if pixels.ndim != 5 or pixels.shape[-1] != cfg.num_channels:
+            raise ValueError(f"expected pixels [B, T, H, W, {cfg.num_channels}], got shape {pixels.shape}")
+        num_frames = pixels.shape[1]
+        if time_ids is None:
+            time_ids = jnp.asarray(clip_time_ids(num_frames, cfg.num_frames))
+        h = self.embeddings(pixels, time_ids, cfg.compute_dtype)
+        positions = jnp.arange(num_frames)
+        mask = temporal_mask(positions, positions, cfg.causal_temporal, temporal_window)
+        hidden_states = [h]
+        for block in self.layers:
+            h = block(h, mask)
+            hidden_states.append(h)
+        return self.finalize(h, hidden_states if output_hidden_states else None)
+
+    def finalize(self, h: jax.Array, hidden_states=None) -> dict[str, Any]:
+        tokens = self.post_layernorm(h)
+        out = {"pooler_output": self.head(tokens), "last_hidden_state": tokens}
+        if hidden_states is not None:
+            out["hidden_states"] = tuple(hidden_states)
+        return out
+
+
+def abstract_model(config: StreamFormerConfig) -> StreamFormer:
+    """The model's structure with shape-only parameters (no memory, no RNG work)."""
+    with nnx.use_eager_sharding(False):
+        return nnx.eval_shape(lambda: StreamFormer(config, rngs=nnx.Rngs(0)))
+
+
+def init_model(config: StreamFormerConfig, seed: int = 0) -> StreamFormer:
+    """A randomly initialised model with the official initialisation (temporal branch inert: gate 0)."""
+    with nnx.use_eager_sharding(False):
+        return StreamFormer(config, rngs=nnx.Rngs(seed))
+
+
+def count_params(params) -> int:
+    return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,39 @@
+"""Test-wide setup: 8 fake CPU devices (set before jax is imported) and shared fixture paths."""
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+FIXTURES = SHARED / "fixtures" / "official_reference"
+VIDEOS = SHARED / "data" / "videos"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: slow test, excluded from the default run (-m 'not slow')")
+    try:  # grain's multiprocessing workers read absl flags; under pytest nobody parses them.
+        from absl import flags
+
+        flags.FLAGS.mark_as_parsed()
+    except Exception:  # pragma: no cover - absl missing
+        pass
+
+
+def _require(path: pathlib.Path) -> pathlib.Path:
+    if not path.exists():
+        pytest.skip(f"shared data not present: {path}")
+    return path
+
+
+@pytest.fixture
+def fixtures_dir():
+    return _require(FIXTURES)
+
+
+@pytest.fixture
+def videos_dir():
+    return _require(VIDEOS)
