@@ -17,7 +17,7 @@ class DividedSpaceTimeBlock(nnx.Module):
         # Temporal branch (new in StreamFormer). LoRA is never applied here.
         self.temporal_layernorm = LayerNorm(d, cfg.layer_norm_eps, rngs=rngs)
         self.temporal_attention = FusedQKVAttention(d, cfg.num_heads, cfg.qkv_bias, rngs=rngs)
-        self.temporal_dense = Dense((d,), (d,), ("embed",), ("embed",), rngs=rngs)
+        self.temporal_dense = Dense((d,), (d,), ("embed",), ("embed_out",), rngs=rngs)
         # tanh(gate) scales the temporal residual; 0 at init makes the block a per-frame SigLIP layer.
         self.temporal_gate = param(rngs, nnx.initializers.zeros, (), ())
         # Spatial branch and MLP (the SigLIP layer).

@@ -1,0 +1,61 @@
+"""Device mesh and logical-axis rules for placing parameters and activations.
+
+Parameters carry logical axis names (`embed`, `embed_out` (a D->D map's output), `heads`, `kv`, `mlp`, `lora`, `norm`); a rule set maps them
+onto the mesh axes (`data`, `fsdp`, `tensor`). ViT-B needs no model parallelism for memory, so the default
+is pure data parallelism, but FSDP and tensor parallelism are wired and tested.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import numpy as np
+from flax import linen, nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch dimension of activations is split over both
+
+RULES = {
+    "dp": (("embed", None), ("embed_out", None), ("heads", None), ("kv", None), ("mlp", None), ("lora", None),
+           ("norm", None)),
+    "fsdp": (("embed", "fsdp"), ("embed_out", None), ("heads", None), ("kv", None), ("mlp", None),
+             ("lora", None), ("norm", None)),
+    "fsdp_tp": (("embed", "fsdp"), ("embed_out", "tensor"), ("heads", "tensor"), ("kv", None), ("mlp", "tensor"),
+                ("lora", None), ("norm", None)),
+}
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh with Auto axis types (GSPMD); data=-1 takes the remaining devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    if data == -1:
+        if len(devices) % (fsdp * tensor):
+            raise ValueError(f"{len(devices)} devices cannot be split into fsdp={fsdp} x tensor={tensor}")
+        data = len(devices) // (fsdp * tensor)
+    if data * fsdp * tensor != len(devices):
+        raise ValueError(f"mesh {data}x{fsdp}x{tensor} does not use the {len(devices)} available devices")
+    grid = np.asarray(devices).reshape(data, fsdp, tensor)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def get_rules(name_or_rules) -> tuple:
+    if isinstance(name_or_rules, str):
+        if name_or_rules not in RULES:
+            raise ValueError(f"unknown sharding rules {name_or_rules!r}; choose from {sorted(RULES)}")
+        return RULES[name_or_rules]
+    return tuple(name_or_rules)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules="dp") -> nnx.State:
+    """NamedShardings for a model state, from the logical names its parameters were annotated with."""
+    return linen.logical_to_mesh_sharding(nnx.get_partition_spec(state), mesh, get_rules(rules))
+
+
+def shard_state(state: nnx.State, mesh: Mesh, rules="dp") -> nnx.State:
+    return jax.device_put(state, state_shardings(state, mesh, rules))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Leading (batch) axis over data x fsdp, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
