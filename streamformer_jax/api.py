@@ -36,6 +36,12 @@ def _check_frames(frames, ndims: tuple[int, ...], what: str, channels: int) -> n
     return frames
 
 
+def _to_host(x: jax.Array, batched: bool) -> np.ndarray:
+    """Copy to the host first, then drop the batch axis there (slicing on device adds a dispatch per output)."""
+    x = np.asarray(x)
+    return (x if batched else x[0]).astype(np.float32, copy=False)
+
+
 def _shape_names(ndim: int) -> str:
     return {3: "[H, W, 3]", 4: "[T, H, W, 3] / [B, H, W, 3]", 5: "[B, T, H, W, 3]"}[ndim]
 
@@ -83,7 +89,7 @@ class FeatureExtractor:
         frames = _check_frames(frames, (4, 5), "frames", self.config.num_channels)
         batched = frames.ndim == 5
         out = self._clip(self._state, jnp.asarray(frames if batched else frames[None]), return_tokens)
-        return {k: np.asarray(v, dtype=np.float32) if batched else np.asarray(v[0], dtype=np.float32)
+        return {k: _to_host(v, batched)
                 for k, v in out.items()}
 
     def stream(self, window: int | None = None) -> "FeatureStream":
@@ -121,5 +127,5 @@ class FeatureStream:
             raise ValueError(f"frame shape {frame.shape} differs from the stream's first frame "
                              f"{self._shape if self._batched else self._shape[1:]}; call reset() to start anew")
         out, self._cache = self._fx._step(self._fx._state, self._cache, jnp.asarray(batch))
-        return {k: np.asarray(v, dtype=np.float32) if batched else np.asarray(v[0], dtype=np.float32)
+        return {k: _to_host(v, batched)
                 for k, v in out.items()}

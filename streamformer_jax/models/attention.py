@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from streamformer_jax.models.layers import Dense, LoRADense
+from streamformer_jax.models.layers import Dense, HostRngs, LoRADense
 
 
 def _softmax(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -59,7 +59,7 @@ class FusedQKVAttention(nnx.Module):
     """
 
     def __init__(self, dim: int, heads: int, qkv_bias: bool, *, lora: bool = False, lora_rank: int = 0,
-                 rngs: nnx.Rngs):
+                 rngs: HostRngs | None):
         head_dim = dim // heads
         self.heads, self.scale = heads, head_dim**-0.5
         if lora:

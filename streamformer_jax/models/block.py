@@ -7,11 +7,11 @@ from flax import nnx
 
 from streamformer_jax.models.attention import FusedQKVAttention, spatial_attention, temporal_attention
 from streamformer_jax.models.config import StreamFormerConfig
-from streamformer_jax.models.layers import MLP, Dense, LayerNorm, param
+from streamformer_jax.models.layers import MLP, Dense, HostRngs, LayerNorm, normal_init, param, zeros_init
 
 
 class DividedSpaceTimeBlock(nnx.Module):
-    def __init__(self, cfg: StreamFormerConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: StreamFormerConfig, *, rngs: HostRngs | None):
         d = cfg.hidden_size
         self.dtype = cfg.compute_dtype
         # Temporal branch (new in StreamFormer). LoRA is never applied here.
@@ -19,7 +19,7 @@ class DividedSpaceTimeBlock(nnx.Module):
         self.temporal_attention = FusedQKVAttention(d, cfg.num_heads, cfg.qkv_bias, rngs=rngs)
         self.temporal_dense = Dense((d,), (d,), ("embed",), ("embed_out",), rngs=rngs)
         # tanh(gate) scales the temporal residual; 0 at init makes the block a per-frame SigLIP layer.
-        self.temporal_gate = param(rngs, nnx.initializers.zeros, (), ())
+        self.temporal_gate = param(rngs, zeros_init, (), ())
         # Spatial branch and MLP (the SigLIP layer).
         self.layernorm_before = LayerNorm(d, cfg.layer_norm_eps, rngs=rngs)
         self.attention = FusedQKVAttention(d, cfg.num_heads, cfg.qkv_bias, lora=True,

@@ -7,7 +7,7 @@ import numpy as np
 from flax import nnx
 
 from streamformer_jax.models.config import StreamFormerConfig
-from streamformer_jax.models.layers import param, trunc_normal_init
+from streamformer_jax.models.layers import HostRngs, normal_init, param, zeros_init
 
 
 def resize_position_embeddings(pos: jax.Array, grid: int, out_h: int, out_w: int) -> jax.Array:
@@ -42,14 +42,14 @@ def stream_time_ids(positions, table_size: int):
 
 
 class Embeddings(nnx.Module):
-    def __init__(self, cfg: StreamFormerConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: StreamFormerConfig, *, rngs: HostRngs | None):
         p, c, d = cfg.patch_size, cfg.num_channels, cfg.hidden_size
         self.patch_size, self.grid = p, cfg.grid_size
         # Conv2d(kernel=stride=p) written as a matmul over flattened patches; kernel layout [p, p, C, D] (HWIO).
-        self.patch_kernel = param(rngs, trunc_normal_init(0.02), (p, p, c, d), (None, None, None, "embed"))
-        self.patch_bias = param(rngs, nnx.initializers.zeros, (d,), ("embed",))
-        self.position_embeddings = param(rngs, trunc_normal_init(0.02), (cfg.num_patches, d), (None, "embed"))
-        self.time_embeddings = param(rngs, nnx.initializers.zeros, (cfg.num_frames, d), (None, "embed"))
+        self.patch_kernel = param(rngs, normal_init(0.02), (p, p, c, d), (None, None, None, "embed"))
+        self.patch_bias = param(rngs, zeros_init, (d,), ("embed",))
+        self.position_embeddings = param(rngs, normal_init(0.02), (cfg.num_patches, d), (None, "embed"))
+        self.time_embeddings = param(rngs, zeros_init, (cfg.num_frames, d), (None, "embed"))
 
     def patch_grid(self, height: int, width: int) -> tuple[int, int]:
         return height // self.patch_size, width // self.patch_size

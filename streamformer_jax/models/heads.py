@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from streamformer_jax.models.config import StreamFormerConfig
-from streamformer_jax.models.layers import MLP, Dense, LayerNorm, param
+from streamformer_jax.models.layers import MLP, Dense, HostRngs, LayerNorm, normal_init, param, zeros_init
 
 
 class MAPHead(nnx.Module):
@@ -15,11 +15,11 @@ class MAPHead(nnx.Module):
     Matches torch `nn.MultiheadAttention(query=probe, key=x, value=x)`: q is scaled before the matmul.
     """
 
-    def __init__(self, cfg: StreamFormerConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: StreamFormerConfig, *, rngs: HostRngs | None):
         d, heads = cfg.hidden_size, cfg.num_heads
         hd = d // heads
         self.dtype, self.scale = cfg.compute_dtype, hd**-0.5
-        self.probe = param(rngs, nnx.initializers.normal(1.0), (d,), ("embed",))
+        self.probe = param(rngs, normal_init(1.0), (d,), ("embed",))
         self.query = Dense((d,), (heads, hd), ("embed",), ("heads", "kv"), rngs=rngs)
         self.key = Dense((d,), (heads, hd), ("embed",), ("heads", "kv"), rngs=rngs)
         self.value = Dense((d,), (heads, hd), ("embed",), ("heads", "kv"), rngs=rngs)

@@ -13,7 +13,7 @@ from streamformer_jax.models.block import DividedSpaceTimeBlock
 from streamformer_jax.models.config import StreamFormerConfig
 from streamformer_jax.models.embeddings import Embeddings, clip_time_ids
 from streamformer_jax.models.heads import MAPHead
-from streamformer_jax.models.layers import LayerNorm
+from streamformer_jax.models.layers import HostRngs, LayerNorm
 
 
 def normalize_pixels(frames: jax.Array) -> jax.Array:
@@ -30,7 +30,7 @@ class StreamFormer(nnx.Module):
     `hidden_states` (L+1 arrays `[B, T, N, D]`, before the final norm) when asked for.
     """
 
-    def __init__(self, config: StreamFormerConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: StreamFormerConfig, *, rngs: HostRngs | None):
         self.config = config
         self.embeddings = Embeddings(config, rngs=rngs)
         self.layers = nnx.List([DividedSpaceTimeBlock(config, rngs=rngs) for _ in range(config.num_layers)])
@@ -72,13 +72,13 @@ class StreamFormer(nnx.Module):
 def abstract_model(config: StreamFormerConfig) -> StreamFormer:
     """The model's structure with shape-only parameters (no memory, no RNG work)."""
     with nnx.use_eager_sharding(False):
-        return nnx.eval_shape(lambda: StreamFormer(config, rngs=nnx.Rngs(0)))
+        return nnx.eval_shape(lambda: StreamFormer(config, rngs=None))
 
 
 def init_model(config: StreamFormerConfig, seed: int = 0) -> StreamFormer:
     """A randomly initialised model with the official initialisation (temporal branch inert: gate 0)."""
     with nnx.use_eager_sharding(False):
-        return StreamFormer(config, rngs=nnx.Rngs(seed))
+        return StreamFormer(config, rngs=HostRngs(seed))
 
 
 def count_params(params) -> int:
