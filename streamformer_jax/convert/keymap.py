@@ -7,6 +7,7 @@ the small layout transforms applies, and (for the MAP head's packed `in_proj`) w
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Mapping
 
 import numpy as np
@@ -130,6 +131,12 @@ MASK_BUFFER = "encoder.layer.{l}.temporal_attention.attention.mask"
 OFFICIAL_PREFIX = "timesformer."
 
 
+@functools.lru_cache(maxsize=16)
+def _param_shapes(config: StreamFormerConfig) -> dict[str, tuple[int, ...]]:
+    """Cached: tracing the abstract model costs seconds on small CPUs; callers only read the dict."""
+    return param_shapes(config)
+
+
 def backbone_rules(config: StreamFormerConfig) -> list[Rule]:
     rules = [r for r in _GLOBAL]
     for l in range(config.num_layers):
@@ -155,7 +162,7 @@ def official_to_ours(state: Mapping[str, np.ndarray], config: StreamFormerConfig
                      source: str = "checkpoint") -> dict[str, np.ndarray]:
     """Official backbone state dict (numpy arrays) -> our flat parameters. Strict: lists every problem."""
     rules = backbone_rules(config)
-    shapes = param_shapes(config)
+    shapes = _param_shapes(config)
     expected_theirs = {r.theirs for r in rules}
     optional = set(buffer_keys(config)) | {MASK_BUFFER.format(l=l) for l in range(config.num_layers)}
     unexpected = sorted(set(state) - expected_theirs - optional)
@@ -190,7 +197,7 @@ def official_to_ours(state: Mapping[str, np.ndarray], config: StreamFormerConfig
 def ours_to_official(params: Mapping[str, np.ndarray], config: StreamFormerConfig,
                      include_buffers: bool = True) -> dict[str, np.ndarray]:
     """Our flat parameters -> the official backbone state dict (float32, PyTorch layouts, + mask buffers)."""
-    check_params(param_shapes(config), params, "parameters")
+    check_params(_param_shapes(config), params, "parameters")
     parts: dict[str, dict[int, np.ndarray]] = {}
     out = {}
     for r in backbone_rules(config):
