@@ -19,6 +19,8 @@ CORE = [
     "tensorboardX==2.6.5",
     "tqdm==4.70.1",
     "absl-py>=2.1,<3",
+    "pillow==12.3.0",  # JPEG frames in records: FFmpeg's MJPEG encoder shifts neutral colours and is slower
+    "google-crc32c==1.8.0",  # TFRecord checksums (a pure-Python fallback exists)
 ]
 # PyTorch interop: only for `.pth` checkpoints and the converters' parity tests.
 # torch is pinned exactly: an unpinned torch resolves to a multi-GB CUDA build.
@@ -32,5 +34,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["streamformer_jax*", "data_pipelines*", "eval*"]),
     install_requires=CORE,
-    extras_require={"test": TEST, "torch": TORCH},
+    # Apache Beam for dataset conversion at Kinetics scale; it resolves protobuf 6.33.x, so it is kept out of
+    # the default install (see docs/data_convert.md).
+    extras_require={"test": TEST, "torch": TORCH, "beam": ["apache-beam==2.77.0"]},
 )

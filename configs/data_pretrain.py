@@ -1,0 +1,60 @@
+"""Input pipeline settings for multitask pretraining (spec §5.4, §6). Usage:
+
+    config = configs.data_pretrain.get_config()
+    config.tasks.kinetics.data_dir = "/data/records/kinetics"   # converter output directories
+    it = data_pipelines.pipeline.loader.make_train_iterator(config, mesh=mesh)
+
+Set a task's data_dir to "" (or its weight to 0) to leave it out of the mix.
+"""
+import ml_collections
+
+TASK_ORDER = ("kinetics", "ssv2", "retrieval", "grounding", "localization", "vis")
+RANDAUGMENT = "rand-m7-n4-mstd0.5-inc1"  # timm's video RandAugment as in the original (spec §6.3).
+
+
+def task_config(crop: str, flip: bool, **overrides) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.data_dir = ""
+    c.crop = crop  # "rrc" = random resized crop (§6.3); "short_side" = short-side resize + random crop.
+    c.flip = flip  # Whole-clip horizontal flip with p = 0.5 (always off for ssv2, whatever this says).
+    c.rrc_scale = (0.08, 1.0)
+    c.rrc_ratio = (3 / 4, 4 / 3)
+    c.scale_jitter = (1.0, 1.0)  # Short-side scale range; (1.0, 1.25) zooms in by up to 25%.
+    c.clip_seconds = 16.0  # Grounding: fixfps window length in seconds.
+    c.max_seconds = 0.0  # Retrieval: only the first max_seconds (30 for DiDeMo paragraphs); 0 = all.
+    c.patch_size = 16  # VIS: targets at patch resolution (image_size / patch_size per side).
+    c.randaugment = ""  # e.g. "rand-m7-n4-mstd0.5-inc1" (the original's Kinetics/SSv2 setting); "" = off.
+    c.randaugment_interpolation = "bicubic"  # Geometric RandAugment ops; "bilinear" is ~3x cheaper.
+    c.update(overrides)
+    return c
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 42
+    config.global_batch_size = 128  # Clips per micro-batch over all hosts (the original: 16 per GPU x 8).
+    config.num_frames = 16
+    config.image_size = 224
+    config.data_axes = ("data",)  # Mesh axes the batch dimension is split over.
+    # Host-side parallelism: decode/augment worker processes, each handing over whole batches.
+    config.worker_count = 8
+    config.worker_buffer_size = 2
+    config.read_threads = 1
+    config.read_buffer_size = 2
+    # Mixture (§5.4): one task per micro-batch, visited in task_order. Empty task_weights = the original's
+    # balancing from dataset sizes; otherwise {task: consecutive micro-batches per cycle}.
+    config.task_order = TASK_ORDER
+    config.task_weights = ml_collections.ConfigDict()
+    config.balance_scale = 2.0
+    config.builtin_dir = ""  # When set, use (and build if needed) the tiny built-in dataset there.
+    config.tasks = ml_collections.ConfigDict(
+        {
+            "kinetics": task_config("rrc", True, randaugment=RANDAUGMENT),
+            "ssv2": task_config("rrc", False, randaugment=RANDAUGMENT),
+            "retrieval": task_config("short_side", True),
+            "grounding": task_config("short_side", False),
+            "localization": task_config("short_side", False),
+            "vis": task_config("short_side", True),
+        }
+    )
+    return config

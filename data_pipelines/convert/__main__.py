@@ -1,0 +1,75 @@
+"""CLI: ``python -m data_pipelines.convert TASK --annotations PATH --video-root DIR --out DIR [...]``.
+
+Exit status: 0 on success (skipped videos are listed in metadata.json and report.txt), 1 with ``--strict``
+when any video was skipped, 2 for a malformed annotation or bad arguments (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import schema
+from ..annotations import AnnotationError
+from .build import Options
+from .pipeline import convert
+from .shards import FORMATS
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m data_pipelines.convert",
+                                description="Convert annotations + videos to record shards (docs/data_convert.md).")
+    p.add_argument("task", choices=schema.TASKS)
+    p.add_argument("--annotations", required=True, help="annotation file (CSV / list / JSON, see docs)")
+    p.add_argument("--video-root", required=True, help="directory the annotation's video paths are relative to")
+    p.add_argument("--out", required=True, help="output directory (shards, metadata.json, report.txt)")
+    p.add_argument("--class-names", help="class names: text (line i = class i) or label2id JSON")
+    p.add_argument("--format", default="arrayrecord", choices=FORMATS)
+    p.add_argument("--workers", type=int, default=1, help="decoding processes")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any video was skipped")
+    p.add_argument("--fps", type=float, help="rate of stored frames (default: every source frame)")
+    p.add_argument("--max-frames", type=int, help="at most this many frames per video (rate lowered to fit)")
+    p.add_argument("--short-side", type=int, help="downscale frames so the short side is this many pixels")
+    p.add_argument("--vis-fps", type=float, default=6.0, help="nominal rate of VIS image sequences")
+    p.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1..95")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--shard-size", type=int, help="videos per shard (default 256)")
+    group.add_argument("--num-shards", type=int, help="number of shards")
+    p.add_argument("--subset", help="localization JSON: keep only entries with this 'subset' (e.g. training)")
+    p.add_argument("--dataset", help="localization JSON: dataset name (HACS adds the v_ file prefix)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--runner", help="run as an Apache Beam pipeline on this runner (e.g. DirectRunner; needs "
+                                    "the beam extra); --workers sets the DirectRunner's processes")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    opts = Options(fps=args.fps, max_frames=args.max_frames, short_side=args.short_side, vis_fps=args.vis_fps,
+                   jpeg_quality=args.jpeg_quality)
+    try:
+        summary = convert(args.task, args.annotations, args.video_root, args.out, class_names=args.class_names,
+                          fmt=args.format, workers=args.workers, opts=opts, shard_size=args.shard_size,
+                          num_shards=args.num_shards, progress=not args.no_progress, subset=args.subset,
+                          dataset=args.dataset, runner=args.runner)
+    except AnnotationError as err:
+        print(f"error: malformed annotation: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as err:  # missing annotation/class file, bad option values
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:  # --runner without apache-beam installed
+        print(f"error: {err} (install the beam extra for --runner)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: complete shards are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(summary.line())
+    for s in summary.skipped[:20]:
+        print(f"  skipped {s['path']}: {s['reason']}")
+    if len(summary.skipped) > 20:
+        print(f"  ... {len(summary.skipped) - 20} more in {args.out}/report.txt")
+    return 1 if args.strict and summary.skipped else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

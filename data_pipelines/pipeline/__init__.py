@@ -1,0 +1,10 @@
+"""grain input pipelines over converted StreamFormer records (see docs/data_pipelines.md).
+
+Modules, one job each: `sampling` (frame indices), `targets` (labels), `augment` (crop boxes, flips),
+`randaugment` (timm-style RandAugment for clips), `codec`
+(JPEG decode + resize), `tasks` (per-task record -> example transforms), `mixture` (one task per batch),
+`sources` (record shards as grain data sources), `loader` (the chain, iterator state, global arrays),
+`builtin` (a tiny dataset for the quickstart and tests).
+
+This package file imports nothing heavy: grain's spawned workers import the modules they need on their own.
+"""

@@ -1,0 +1,52 @@
+"""Per-task training targets (spec §5.1, §6), as pure numpy functions."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+BACKGROUND = -1  # Ignored by the localization / VIS losses (the heads use ignore_index = -1).
+
+
+def select_caption(captions: Sequence[str], rng: np.random.Generator | None, train: bool) -> str:
+    """Retrieval and grounding: a random caption in training (§6.4), the first one in evaluation."""
+    if len(captions) == 0:
+        raise ValueError("record has no captions")
+    if train:
+        return str(captions[int(rng.integers(len(captions)))])
+    return str(captions[0])
+
+
+def window_membership(times: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """Grounding labels (§6.5): float32 [T], 1 where start <= t <= end for any window, else 0."""
+    t = np.asarray(times, np.float64)[:, None]
+    w = np.asarray(windows, np.float64).reshape(-1, 2)
+    inside = (w[None, :, 0] <= t) & (t <= w[None, :, 1])
+    return inside.any(axis=1).astype(np.float32)
+
+
+def frame_segment_labels(times: np.ndarray, segments: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Localization labels (§6.6): int32 [T], the class id of the segment containing each frame, else -1.
+
+    Records hold every segment of a video (the original has one row per action); where segments overlap, the
+    later one wins, mirroring how the VIS loader paints later instances over earlier ones.
+    """
+    t = np.asarray(times, np.float64)
+    out = np.full(t.shape, BACKGROUND, np.int32)
+    segs = np.asarray(segments, np.float64).reshape(-1, 2)
+    for (s, e), c in zip(segs, np.asarray(labels).reshape(-1)):
+        out[(s <= t) & (t <= e)] = int(c)
+    return out
+
+
+def category_map(masks: np.ndarray, categories: np.ndarray) -> np.ndarray:
+    """VIS target (§6.7): int32 [..., H, W] with each instance's category id on its pixels, -1 elsewhere.
+
+    `masks` is bool [N, ..., H, W] (one per instance). Later instances overwrite earlier ones, as in the
+    original. Background is -1 rather than the original's 0 so that category id 0 stays a real class.
+    """
+    masks = np.asarray(masks, bool)
+    out = np.full(masks.shape[1:], BACKGROUND, np.int32)
+    for m, c in zip(masks, np.asarray(categories).reshape(-1)):
+        out[m] = int(c)
+    return out
