@@ -28,6 +28,9 @@ examples:
 
   # Hugging Face SigLIP (SiglipModel or SiglipVisionModel save_pretrained dir) -> StreamFormer start point
   python -m streamformer_jax.convert import-siglip --src siglip-base-patch16-224 --dst ckpt/siglip16 --seed 0
+
+  # a randomly initialised checkpoint of a preset (tiny | small | vit_b16), for demos without downloads
+  python -m streamformer_jax.convert init-random --preset tiny --dst ckpt/tiny
 """
 
 
@@ -179,6 +182,21 @@ def cmd_import_siglip(args) -> int:
     return 0
 
 
+def cmd_init_random(args) -> int:
+    from streamformer_jax.checkpoint import save_checkpoint
+    from streamformer_jax.models.config import get_preset
+    from streamformer_jax.models.params import flat_params
+    from streamformer_jax.models.streamformer import init_model
+
+    dst = pathlib.Path(args.dst)
+    _prepare_dst(dst, args.overwrite)
+    config = get_preset(args.preset)
+    save_checkpoint(dst, config, flat_params(init_model(config, args.seed)),
+                    {"source": {"kind": "random", "preset": args.preset, "seed": args.seed}})
+    print(f"wrote {dst}: randomly initialised '{args.preset}' model (official init, seed {args.seed})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m streamformer_jax.convert",
@@ -226,6 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time embeddings 0 instead of N(0, 0.02^2): the result reproduces SigLIP frame by frame")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty DST")
     p.set_defaults(func=cmd_import_siglip)
+
+    p = sub.add_parser("init-random", help="a randomly initialised checkpoint of a preset (demos, tests)",
+                       description="Our checkpoint of a randomly initialised model (official initialisation: "
+                       "temporal gates 0, LoRA B = 0), for demos and smoke tests without downloads.")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "vit_b16"])
+    p.add_argument("--dst", required=True, help="our checkpoint directory to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty DST")
+    p.set_defaults(func=cmd_init_random)
     return parser
 
 
