@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from streamformer_jax.models.config import StreamFormerConfig
-from streamformer_jax.models.params import ParameterMismatchError, check_params, param_shapes
+from streamformer_jax.models.params import check_params, param_shapes, raise_if_mismatched
 
 
 # ---- layout transforms: (official tensor -> ours, ours -> official) ----
@@ -184,12 +184,8 @@ def official_to_ours(state: Mapping[str, np.ndarray], config: StreamFormerConfig
             problems.append(f"{r.theirs}: shape {tuple(np.shape(state[r.theirs]))} does not fit {r.ours} {want}")
             continue
         out[r.ours] = np.array(TRANSFORMS[r.kind][0](t, want, r), dtype=np.float32, order="C")
-    if missing or unexpected or problems:
-        lines = [f"{source} does not match a StreamFormer backbone with this config:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", problems)):
-            if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
-        raise ParameterMismatchError("\n".join(lines))
+    raise_if_mismatched(f"{source} does not match a StreamFormer backbone with this config", missing, unexpected,
+                        problems)
     check_params(shapes, out, source)
     return out
 

@@ -32,18 +32,21 @@ def param_shapes(config: StreamFormerConfig) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in flat_params(abstract_model(config)).items()}
 
 
-def check_params(expected: Mapping[str, tuple[int, ...]], got: Mapping[str, object], what: str) -> None:
-    """One error that lists every missing, unexpected and mis-shaped entry."""
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    bad = sorted(f"{k}: expected {tuple(expected[k])}, got {tuple(np.shape(got[k]))}"
-                 for k in set(expected) & set(got) if tuple(np.shape(got[k])) != tuple(expected[k]))
-    if missing or unexpected or bad:
-        lines = [f"{what} does not match the model:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad)):
+def raise_if_mismatched(what: str, missing, unexpected, wrong_shape) -> None:
+    """One error that lists every missing, unexpected and mis-shaped entry (nothing if all are empty)."""
+    if missing or unexpected or wrong_shape:
+        lines = [f"{what}:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
             if items:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items))
         raise ParameterMismatchError("\n".join(lines))
+
+
+def check_params(expected: Mapping[str, tuple[int, ...]], got: Mapping[str, object], what: str) -> None:
+    bad = sorted(f"{k}: expected {tuple(expected[k])}, got {tuple(np.shape(got[k]))}"
+                 for k in set(expected) & set(got) if tuple(np.shape(got[k])) != tuple(expected[k]))
+    raise_if_mismatched(f"{what} does not match the model", sorted(set(expected) - set(got)),
+                        sorted(set(got) - set(expected)), bad)
 
 
 def model_from_flat_params(config: StreamFormerConfig, flat: Mapping[str, object],
