@@ -25,7 +25,7 @@ CORE = [
 # PyTorch interop: only for `.pth` checkpoints and the converters' parity tests.
 # torch is pinned exactly: an unpinned torch resolves to a multi-GB CUDA build.
 TORCH = ["torch==2.13.0", "transformers==4.52.3"]
-TEST = ["pytest==9.2.0", "pytest-xdist==3.8.0"] + TORCH
+TEST = ["pytest==9.2.0", "pytest-xdist==3.8.0", "scikit-learn==1.7.2"] + TORCH  # sklearn: an independent AP reference
 
 setup(
     name="streamformer_jax",
