@@ -29,7 +29,8 @@ def test_sharded_forward_matches_single_device(rules, shape):
     if rules == "fsdp_tp":
         assert kernel.sharding.spec[2] == "tensor" and fc1.sharding.spec[1] == "tensor"
     got = forward(sharded, jax.device_put(frames, sharding.batch_sharding(mesh, 5)))
-    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5)
+    # outputs reach ~10 with these random weights; sharded reductions differ in float32 rounding only
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5, atol=1e-5)
 
 
 def test_mesh_errors_are_clear():

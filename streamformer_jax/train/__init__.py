@@ -1,0 +1,1 @@
+"""Multitask pretraining: model + losses (`multitask`, `heads`, `losses`, `templates`) and the trainer."""
