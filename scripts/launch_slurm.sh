@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# StreamFormer training on a SLURM GPU cluster: one process per node, all GPUs of the node per process.
+# jax.distributed.initialize() reads the SLURM environment (config.distributed.initialize=auto detects a
+# multi-task step). Submit with sbatch; requeued or resubmitted jobs resume from WORKDIR/checkpoints.
+#
+#   WORKDIR=/shared/runs/sf_pretrain sbatch scripts/launch_slurm.sh
+#   WORKDIR=/shared/runs/sf_k400 CONFIG=configs/finetune_k400.py \
+#     EXTRA_ARGS="--config.data_dir=/shared/records --config.model.init=/shared/runs/sf_pretrain/export" \
+#     sbatch --nodes=2 scripts/launch_slurm.sh
+#
+# Preemption / time limit: `--signal=TERM@120` sends SIGTERM two minutes before the end; JAX's preemption
+# notifier makes every process stop at the same step, a checkpoint is written, and `--requeue` restarts the job,
+# which resumes from it. WORKDIR must be on a filesystem every node sees.
+#
+#SBATCH --job-name=streamformer
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=64
+#SBATCH --time=48:00:00
+#SBATCH --signal=TERM@120
+#SBATCH --requeue
+#SBATCH --output=%x-%j.out
+set -euo pipefail
+
+WORKDIR=${WORKDIR:?set WORKDIR (shared by all nodes)}
+CONFIG=${CONFIG:-configs/pretrain_multitask.py}
+EXTRA_ARGS=${EXTRA_ARGS:-}
+VENV=${VENV:-$PWD/.venv}  # made once with: python -m venv .venv && .venv/bin/pip install -e . 'jax[cuda12]==0.10.2'
+
+mkdir -p "$WORKDIR"
+# Data loading runs in grain worker processes: leave most CPU cores to them.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
+srun --kill-on-bad-exit=1 "$VENV/bin/python" -m streamformer_jax.train --config "$CONFIG" --workdir "$WORKDIR" \
+  --config.compilation_cache_dir="$WORKDIR/jax_cache" --config.progress_bar=False $EXTRA_ARGS

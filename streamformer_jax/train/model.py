@@ -1,0 +1,161 @@
+"""What the trainer needs from a model: a module, a per-task loss and parameter groups (`TaskModel`).
+
+The trainer never looks inside the module. It flattens the module's variables to the project's stable dotted
+names (`layers.3.mlp.fc1.kernel`, as `streamformer_jax.models.params`), splits them into trainable and frozen
+groups by name, and rebuilds the module from flat arrays inside the jitted step (`ModelDef.merge`).
+
+Model kinds are registered by name (`config.model.kind`): "multitask" is the StreamFormer backbone with the
+multitask heads of `streamformer_jax.train.multitask`; tests register small stand-ins.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from streamformer_jax.models.block import DividedSpaceTimeBlock
+from streamformer_jax.models.config import StreamFormerConfig
+
+LossFn = Callable[..., tuple[jax.Array, Mapping[str, jax.Array]]]
+
+
+@dataclasses.dataclass
+class TaskModel:
+    """A model plus everything the trainer needs to optimise it.
+
+    model: the full NNX module (backbone, heads, and a frozen text tower if any).
+    loss: `loss(model, task, batch, text) -> (scalar loss, {name: scalar})`, traced once per task.
+    trainable: dotted parameter name -> trained?  decay: dotted name -> weight-decayed?
+    text: a pytree of arrays handed to every loss call (e.g. label embeddings); replicated on the mesh.
+    prepare_batch: host-side hook run on each host batch before it is sharded (e.g. tokenise captions);
+      it may add numpy arrays (this host's rows) and must leave fixed shapes per task.
+    backbone: the backbone's architecture (for the FLOP count).
+    """
+
+    model: nnx.Module
+    loss: LossFn
+    trainable: Callable[[str], bool]
+    decay: Callable[[str], bool]
+    backbone: StreamFormerConfig
+    text: Any = None
+    prepare_batch: Callable[[dict], dict] | None = None
+
+
+_KINDS: dict[str, Callable[..., TaskModel]] = {}
+
+
+def register_model_kind(name: str, builder: Callable[..., TaskModel]) -> None:
+    """`builder(config, class_names: {task: [names]}) -> TaskModel`."""
+    _KINDS[name] = builder
+
+
+def build_task_model(config, class_names: Mapping[str, list[str]]) -> TaskModel:
+    kind = config.model.kind
+    if kind not in _KINDS and kind == "multitask":
+        from streamformer_jax.train import multitask_adapter  # noqa: F401  (registers "multitask")
+    if kind not in _KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; registered: {sorted(_KINDS)}")
+    return _KINDS[kind](config, class_names)
+
+
+def backbone_config(config) -> StreamFormerConfig:
+    from streamformer_jax.models.config import get_preset
+
+    overrides = dict(config.model.overrides)
+    return get_preset(config.model.preset, dtype=config.model.dtype, **overrides)
+
+
+# -------------------------------------------------------------------------------------- flat <-> module glue
+def _name(path) -> str:
+    return ".".join(str(p) for p in path)
+
+
+class ModelDef:
+    """A module's structure without its values: rebuild it from `{dotted.name: array}` inside jit."""
+
+    def __init__(self, model: nnx.Module):
+        self.graphdef, state = nnx.split(model)
+        self._template = [(path, var.replace(jax.ShapeDtypeStruct(np.shape(var.get_value()),
+                                                                   jnp.result_type(var.get_value()))))
+                          for path, var in nnx.to_flat_state(state)]
+        self.names = [_name(p) for p, _ in self._template]
+        self.is_param = {_name(p): isinstance(v, nnx.Param) for p, v in self._template}
+
+    def merge(self, flat: Mapping[str, jax.Array]) -> nnx.Module:
+        state = nnx.from_flat_state([(p, v.replace(flat[_name(p)])) for p, v in self._template])
+        return nnx.merge(self.graphdef, state)
+
+    def abstract_state(self) -> nnx.State:
+        return nnx.from_flat_state(self._template)
+
+
+def flat_values(model: nnx.Module) -> dict[str, jax.Array]:
+    return {_name(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model))}
+
+
+# ------------------------------------------------------------------------------------------------- remat
+def remat_policy(name: str):
+    """`none` (no remat), `full` (save nothing) or any `jax.checkpoint_policies` attribute name."""
+    if name in ("", "none"):
+        return None
+    if name == "full":
+        return jax.checkpoint_policies.nothing_saveable
+    policy = getattr(jax.checkpoint_policies, name, None)
+    if policy is None:
+        names = sorted(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
+        raise ValueError(f"unknown remat policy {name!r}; use 'none', 'full' or one of {names}")
+    return policy
+
+
+def apply_remat(model: nnx.Module, name: str) -> nnx.Module:
+    """Rematerialise every divided space-time block of `model` (in place) under the named policy.
+
+    The backbone's forward loops over `layers` calling `block(h, mask)`; each block's `__call__` is swapped for
+    one that runs the block as a pure function of its parameters under `jax.checkpoint(policy=...)`. Call on a
+    freshly merged module inside the traced step.
+    """
+    policy = remat_policy(name)
+    if policy is None:
+        return model
+    cls = _remat_class(name)
+    for _, node in nnx.iter_graph(model):
+        if type(node) is DividedSpaceTimeBlock:
+            node.__class__ = cls
+    return model
+
+
+_REMAT_CLASSES: dict[str, type] = {}
+
+
+def _remat_class(name: str) -> type:
+    if name not in _REMAT_CLASSES:
+        policy = remat_policy(name)
+
+        class RematBlock(DividedSpaceTimeBlock):
+            def __call__(self, h, temporal_mask):
+                graphdef, state = nnx.split(self)  # the block's parameters are read-only in the forward
+
+                def run(state, h, temporal_mask):
+                    return DividedSpaceTimeBlock.__call__(nnx.merge(graphdef, state), h, temporal_mask)
+
+                return jax.checkpoint(run, policy=policy)(state, h, temporal_mask)
+
+        RematBlock.__name__ = f"RematBlock_{name}"
+        _REMAT_CLASSES[name] = RematBlock
+    return _REMAT_CLASSES[name]
+
+
+def call_loss(loss: LossFn, model, task: str, batch, text, rng):
+    """Calls the loss, passing `rng` only if it accepts one."""
+    try:
+        takes_rng = "rng" in inspect.signature(loss).parameters
+    except (TypeError, ValueError):
+        takes_rng = False
+    if takes_rng:
+        return loss(model, task, batch, text, rng=rng)
+    return loss(model, task, batch, text)

@@ -1,0 +1,80 @@
+"""Shared fixtures and helpers of the trainer tests (no tests here).
+
+Runs use the real `multitask` model on the tiny config (here 1 layer, 64 wide, 4 frames of 32², 8 clips per
+micro-batch) restricted to one or two tasks, and share one built-in dataset and one JAX persistent compilation
+cache per test session, so repeated runs of the same program do not recompile.
+"""
+import importlib.util
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location(f"_test_cfg_{name}", REPO / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.fixture(scope="session")
+def builtin_dir(tmp_path_factory):
+    from data_pipelines.pipeline import builtin
+
+    d = tmp_path_factory.getbasetemp() / "train_builtin"
+    builtin.build_builtin_dataset(d)
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def jax_cache(tmp_path_factory):
+    return str(tmp_path_factory.getbasetemp() / "train_jax_cache")
+
+
+def tiny_config(builtin_dir: str, jax_cache: str, tasks=("kinetics",), **overrides) -> ml_collections.ConfigDict:
+    config = load_config("pretrain_multitask", "tiny")
+    config.builtin_dir = builtin_dir
+    config.compilation_cache_dir = jax_cache
+    config.tasks = ",".join(tasks)
+    config.model.overrides.num_layers = 1  # compile time dominates the tests on CPU
+    config.accum_steps = len(tasks)
+    config.progress_bar = False
+    config.checkpoint.async_save = True
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def read_metrics(workdir) -> list[dict]:
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(devices: int, **extra) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_cli(args, env, timeout=240, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "streamformer_jax.train", *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
