@@ -16,6 +16,23 @@ from streamformer_jax.models.heads import MAPHead
 from streamformer_jax.models.layers import HostRngs, LayerNorm
 
 
+def remat_policy(name: str):
+    """`none` (no remat), `full` (save nothing) or any `jax.checkpoint_policies` attribute name."""
+    if name in ("", "none"):
+        return None
+    if name == "full":
+        return jax.checkpoint_policies.nothing_saveable
+    policy = getattr(jax.checkpoint_policies, name, None)
+    if policy is None:
+        names = sorted(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
+        raise ValueError(f"unknown remat policy {name!r}; use 'none', 'full' or one of {names}")
+    return policy
+
+
+def _run_block(block, h, mask):
+    return block(h, mask)
+
+
 def normalize_pixels(frames: jax.Array) -> jax.Array:
     """uint8 RGB [0, 255] -> float32 [-1, 1] with SigLIP's mean = std = 0.5 (every official pipeline)."""
     return (frames.astype(jnp.float32) / 255.0 - 0.5) / 0.5
@@ -36,6 +53,9 @@ class StreamFormer(nnx.Module):
         self.layers = nnx.List([DividedSpaceTimeBlock(config, rngs=rngs) for _ in range(config.num_layers)])
         self.post_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps, rngs=rngs)
         self.head = MAPHead(config, rngs=rngs)
+        # Rematerialisation of each block in training (a jax.checkpoint policy name, see `remat_policy`);
+        # a static attribute, so changing it retraces.
+        self.remat = "none"
 
     def __call__(self, pixels: jax.Array, *, time_ids: jax.Array | None = None,
                  temporal_window: int | None = None, output_hidden_states: bool = False) -> dict[str, Any]:
@@ -55,9 +75,11 @@ class StreamFormer(nnx.Module):
         h = self.embeddings(pixels, time_ids, cfg.compute_dtype)
         positions = jnp.arange(num_frames)
         mask = temporal_mask(positions, positions, cfg.causal_temporal, temporal_window)
+        policy = remat_policy(self.remat)
+        run_block = _run_block if policy is None else nnx.remat(_run_block, policy=policy)
         hidden_states = [h]
         for block in self.layers:
-            h = block(h, mask)
+            h = run_block(block, h, mask)
             hidden_states.append(h)
         return self.finalize(h, hidden_states if output_hidden_states else None)
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from streamformer_jax.models.block import DividedSpaceTimeBlock
+from streamformer_jax.models.streamformer import StreamFormer, remat_policy
 from streamformer_jax.models.config import StreamFormerConfig
 
 LossFn = Callable[..., tuple[jax.Array, Mapping[str, jax.Array]]]
@@ -99,55 +99,17 @@ def flat_values(model: nnx.Module) -> dict[str, jax.Array]:
 
 
 # ------------------------------------------------------------------------------------------------- remat
-def remat_policy(name: str):
-    """`none` (no remat), `full` (save nothing) or any `jax.checkpoint_policies` attribute name."""
-    if name in ("", "none"):
-        return None
-    if name == "full":
-        return jax.checkpoint_policies.nothing_saveable
-    policy = getattr(jax.checkpoint_policies, name, None)
-    if policy is None:
-        names = sorted(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
-        raise ValueError(f"unknown remat policy {name!r}; use 'none', 'full' or one of {names}")
-    return policy
-
-
 def apply_remat(model: nnx.Module, name: str) -> nnx.Module:
-    """Rematerialise every divided space-time block of `model` (in place) under the named policy.
+    """Rematerialise every divided space-time block of the backbone(s) in `model` under the named policy.
 
-    The backbone's forward loops over `layers` calling `block(h, mask)`; each block's `__call__` is swapped for
-    one that runs the block as a pure function of its parameters under `jax.checkpoint(policy=...)`. Call on a
-    freshly merged module inside the traced step.
+    Sets the backbone's static `remat` attribute (validated here); call on a freshly merged module inside
+    the traced step.
     """
-    policy = remat_policy(name)
-    if policy is None:
-        return model
-    cls = _remat_class(name)
+    remat_policy(name)  # fail early on an unknown name
     for _, node in nnx.iter_graph(model):
-        if type(node) is DividedSpaceTimeBlock:
-            node.__class__ = cls
+        if isinstance(node, StreamFormer):
+            node.remat = name
     return model
-
-
-_REMAT_CLASSES: dict[str, type] = {}
-
-
-def _remat_class(name: str) -> type:
-    if name not in _REMAT_CLASSES:
-        policy = remat_policy(name)
-
-        class RematBlock(DividedSpaceTimeBlock):
-            def __call__(self, h, temporal_mask):
-                graphdef, state = nnx.split(self)  # the block's parameters are read-only in the forward
-
-                def run(state, h, temporal_mask):
-                    return DividedSpaceTimeBlock.__call__(nnx.merge(graphdef, state), h, temporal_mask)
-
-                return jax.checkpoint(run, policy=policy)(state, h, temporal_mask)
-
-        RematBlock.__name__ = f"RematBlock_{name}"
-        _REMAT_CLASSES[name] = RematBlock
-    return _REMAT_CLASSES[name]
 
 
 def call_loss(loss: LossFn, model, task: str, batch, text, rng):
