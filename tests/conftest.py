@@ -23,7 +23,8 @@ def pytest_configure(config):
         pass
 
 
-def _require(path: pathlib.Path) -> pathlib.Path:
+def require_shared(path: pathlib.Path) -> pathlib.Path:
+    """Skip (with the path as the reason) where ../shared is not laid beside the checkout."""
     if not path.exists():
         pytest.skip(f"shared data not present: {path}")
     return path
@@ -31,9 +32,9 @@ def _require(path: pathlib.Path) -> pathlib.Path:
 
 @pytest.fixture
 def fixtures_dir():
-    return _require(FIXTURES)
+    return require_shared(FIXTURES)
 
 
 @pytest.fixture
 def videos_dir():
-    return _require(VIDEOS)
+    return require_shared(VIDEOS)

@@ -70,10 +70,9 @@ def test_official_bug_groups_hand_computed():
 
 @pytest.fixture(scope="module")
 def tiny_official():
-    from conftest import FIXTURES
+    from conftest import FIXTURES, require_shared
 
-    if not FIXTURES.exists():
-        pytest.skip(f"shared data not present: {FIXTURES}")
+    require_shared(FIXTURES)
     from streamformer_jax.checkpoint import load_any
 
     config, params = load_any(FIXTURES / "tiny")

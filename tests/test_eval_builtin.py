@@ -20,10 +20,9 @@ def builtin(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from conftest import FIXTURES
+    from conftest import FIXTURES, require_shared
 
-    if not FIXTURES.exists():
-        pytest.skip(f"shared data not present: {FIXTURES}")
+    require_shared(FIXTURES)
     from streamformer_jax.checkpoint import load_any
 
     return load_any(FIXTURES / "tiny")

@@ -80,10 +80,9 @@ def test_ovis_keys_and_shapes_match_the_spec_table():
 
 @pytest.fixture(scope="module")
 def tiny_dir():
-    from conftest import FIXTURES
+    from conftest import FIXTURES, require_shared
 
-    if not FIXTURES.exists():
-        pytest.skip(f"shared data not present: {FIXTURES}")
+    require_shared(FIXTURES)
     return FIXTURES / "tiny"
 
 

@@ -48,10 +48,9 @@ def _free_port():
 
 @pytest.mark.slow
 def test_two_hosts_give_the_single_host_metrics(tmp_path):
-    from conftest import FIXTURES
+    from conftest import FIXTURES, require_shared
 
-    if not FIXTURES.exists():
-        pytest.skip("fixtures missing")
+    require_shared(FIXTURES)
     script = tmp_path / "host.py"
     script.write_text(HOST_SCRIPT)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -46,10 +46,9 @@ def encode_video(path, num_frames, width=96, height=72, fps=25, codec="mpeg4", o
 
 @pytest.fixture(scope="module")
 def tiny_fx():
-    path = REPO_ROOT.parent / "shared" / "fixtures" / "official_reference" / "tiny"
-    if not path.exists():
-        pytest.skip(f"shared data not present: {path}")
-    return FeatureExtractor.from_checkpoint(path)
+    from conftest import FIXTURES, require_shared
+
+    return FeatureExtractor.from_checkpoint(require_shared(FIXTURES / "tiny"))
 
 
 @pytest.fixture(scope="module")
