@@ -9,19 +9,13 @@ from streamformer_jax.convert.pretrain import read_extras
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+from torch_reference import perturb_ as _perturb  # noqa: E402
 
 VISION = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32,
               patch_size=16)
 TOL = 1e-5
 
 
-@torch.no_grad()
-def _perturb(model, seed):
-    """transformers' init leaves biases 0 and LayerNorms 1/0: make every tensor distinct and non-trivial."""
-    g = torch.Generator().manual_seed(seed)
-    for p in model.parameters():
-        p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
 
 
 @pytest.fixture(scope="module")

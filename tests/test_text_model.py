@@ -9,18 +9,13 @@ from streamformer_jax.text.model import TextLoadError, hf_to_ours, ours_to_hf
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
+from torch_reference import perturb_ as _perturb  # noqa: E402
 
 TEXT = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=16)
 TOL = 1e-5
 
 
-@torch.no_grad()
-def _perturb(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    for p in model.parameters():
-        p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return model
 
 
 @pytest.fixture(scope="module")

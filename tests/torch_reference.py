@@ -298,3 +298,13 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             fan_in = p[0].numel()
             p.copy_(normal(p.shape, fan_in ** -0.5))
     return model
+
+
+@torch.no_grad()
+def perturb_(model: nn.Module, seed: int, scale: float = 0.1) -> nn.Module:
+    """Add N(0, scale²) to every parameter of any torch model (e.g. a transformers SigLIP, whose init leaves
+    biases 0 and LayerNorms 1/0), so that every tensor is distinct and non-trivial."""
+    g = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        p.add_(torch.randn(p.shape, generator=g) * scale)
+    return model
