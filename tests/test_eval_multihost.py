@@ -2,14 +2,12 @@
 single-process metrics, the probe's feature gathering concatenates both hosts' rows, and OAD extraction shards
 by process index. Marked slow (two interpreters + compilations); run with `-m slow`."""
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
+
+from multihost import run_two_hosts
 
 HOST_SCRIPT = textwrap.dedent(
     """
@@ -40,11 +38,6 @@ HOST_SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_two_hosts_give_the_single_host_metrics(tmp_path):
@@ -53,24 +46,8 @@ def test_two_hosts_give_the_single_host_metrics(tmp_path):
     require_shared(FIXTURES)
     script = tmp_path / "host.py"
     script.write_text(HOST_SCRIPT)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    port = str(_free_port())
-    procs = [subprocess.Popen([sys.executable, str(script), port, str(i), str(FIXTURES / "tiny"), str(tmp_path)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=240)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("multi-process run timed out")
-    results = []
-    for i, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0 and f"HOST_OK {i}" in out, out[-3000:]
-        results.append(json.loads(out.split("RESULT ", 1)[1].splitlines()[0]))
+    outs = run_two_hosts(script, [FIXTURES / "tiny", tmp_path], timeout=240)
+    results = [json.loads(out.split("RESULT ", 1)[1].splitlines()[0]) for out in outs]
     # host slices: videos 0, 2, 4, 6 and 1, 3, 5
     assert results[0]["mine"] == ["v0", "v2", "v4", "v6"] and results[1]["mine"] == ["v1", "v3", "v5"]
     assert results[0]["gathered"] == results[1]["gathered"] == [0, 1, 1]
