@@ -3,10 +3,14 @@
 Reports, from one run: the machine's matmul peak (a large jnp.dot), clip-forward time and achieved GFLOP/s
 (801.6 GFLOP per clip, the official count) as a fraction of that peak, streaming time per frame at frame 8
 and frame 64 (ring-buffer KV cache, window 16) relative to 1/16 of the clip time, and peak memory.
-Ratios are what to compare: the same shared machine can be 2x slower an hour later, so every ratio is
-taken against a matmul peak measured next to the timed stretch (pairwise), not against a bare time.
 
-    python scripts/benchmark.py [--frames 16] [--size 224] [--repeats 3] [--dtype float32] [--json OUT]
+Ratios are what to compare: the same shared machine can be 2x slower an hour later. So the run is a set of
+rounds, each timing the matmul peak, one clip forward and the streaming step at frames 8 and 64 (from cache
+snapshots taken in one continuous stream, alternated 8, 64, 64, 8, ...) back to back; every ratio is taken
+inside a round and the median over rounds is reported with its range. The per-frame times of the continuous
+stream itself (first vs second half) are printed as a drift check.
+
+    python scripts/benchmark.py [--frames 16] [--size 224] [--repeats 5] [--dtype float32] [--json OUT]
 """
 from __future__ import annotations
 
@@ -45,65 +49,88 @@ def matmul_peak_gflops(dtype, n: int = 4096, repeats: int = 5) -> float:
     return 2 * n**3 / min(timed(lambda: dot(a, b), repeats)) / 1e9
 
 
+def _copy(tree):
+    return jax.block_until_ready(jax.tree_util.tree_map(jnp.copy, tree))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="measurement rounds (each: peak, clip, frames)")
+    parser.add_argument("--frame-repeats", type=int, default=3,
+                        help="timed steps per stream position and round (alternated 8, 64, 64, 8, ...)")
     parser.add_argument("--stream-frames", type=int, default=70)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    if args.stream_frames < 67:
-        parser.error("--stream-frames must be at least 67 (per-frame time is read around frames 8 and 64)")
+    if args.stream_frames < 65:
+        parser.error("--stream-frames must be at least 65 (the cache is snapshot before frames 8 and 64)")
 
     cfg = configs.vit_b16(dtype=args.dtype)
     graphdef, state = nnx.split(init_model(cfg, seed=0))
     rng = np.random.default_rng(0)
     video = jnp.asarray(rng.integers(0, 256, (1, args.frames, args.size, args.size, 3), dtype=np.uint8))
     results = {"backend": jax.default_backend(), "device": str(jax.devices()[0]), "dtype": args.dtype,
-               "frames": args.frames, "size": args.size}
+               "frames": args.frames, "size": args.size, "rounds": args.repeats}
 
     forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(normalize_pixels(x))["pooler_output"])
     start = time.perf_counter()
     jax.block_until_ready(forward(state, video))
     results["clip_compile_s"] = round(time.perf_counter() - start, 2)
-    # The peak is measured right before each clip run and the ratio taken pairwise, so that a neighbour's
-    # load on the shared machine affects both sides of each ratio alike.
-    gflop = CLIP_GFLOP * (args.frames / 16) * (args.size / 224) ** 2  # scales ~linearly in tokens
-    peaks, clip_times = [], []
-    for _ in range(args.repeats):
-        peaks.append(matmul_peak_gflops(jnp.dtype(args.dtype), repeats=3))
-        clip_times.append(timed(lambda: forward(state, video), 1)[0])
-    clip_s = statistics.median(clip_times)
-    results.update(matmul_peak_gflops=round(max(peaks), 1), clip_s=round(clip_s, 3),
-                   clip_gflops_per_s=round(gflop / clip_s, 1),
-                   clip_fraction_of_matmul_peak=round(statistics.median(
-                       gflop / t / p for t, p in zip(clip_times, peaks)), 3))
 
     def step(s, cache, frame):
         return streaming.stream_step(nnx.merge(graphdef, s), cache, normalize_pixels(frame))
 
     step = jax.jit(step, donate_argnums=1)
     cache = streaming.init_cache(nnx.merge(graphdef, state), 1, cfg.num_frames, args.size, args.size)
-    per_frame, peak_at = [], {}
+    # One continuous stream: per-frame times (a drift check) and the cache as it is right before frame 8 and
+    # right before frame 64 (the ring buffer has wrapped several times by then).
+    trace, snapshots = [], {}
     for t in range(args.stream_frames):
-        if t in (4, 60):  # a fresh peak next to each measured stretch, for load-independent ratios
-            peak_at[t + 4] = matmul_peak_gflops(jnp.dtype(args.dtype), repeats=3)
+        if t in (8, 64):
+            snapshots[t] = _copy(cache)
         frame = video[:, t % args.frames]
         start = time.perf_counter()
         out, cache = step(state, cache, frame)
         jax.block_until_ready(out)
-        per_frame.append(time.perf_counter() - start)
-    around = lambda t: statistics.median(per_frame[t - 2:t + 3])
-    f8, f64 = around(8), around(64)
-    # work-normalised times: seconds x GFLOP/s of the machine at that moment
-    work = lambda seconds, peak: seconds * peak
-    clip_work = statistics.median(work(t, p) for t, p in zip(clip_times, peaks)) / args.frames
-    results.update(stream_s_per_frame_at_8=round(f8, 4), stream_s_per_frame_at_64=round(f64, 4),
-                   stream_at_8_vs_clip_over_frames=round(work(f8, peak_at[8]) / clip_work, 3),
-                   stream_64_vs_8=round(work(f64, peak_at[64]) / work(f8, peak_at[8]), 3),
-                   stream_compiles=step._cache_size())
+        trace.append(time.perf_counter() - start)
+
+    def frame_time(t: int) -> float:
+        fresh = _copy(snapshots[t])  # the step donates its cache; copy outside the timed stretch
+        start = time.perf_counter()
+        jax.block_until_ready(step(state, fresh, video[:, t % args.frames])[0])
+        return time.perf_counter() - start
+
+    # Rounds of (matmul peak, clip forward, frame 8 and frame 64 steps), each ratio taken inside one round so
+    # that a neighbour's load on the shared machine affects both sides of it alike; medians over rounds.
+    gflop = CLIP_GFLOP * (args.frames / 16) * (args.size / 224) ** 2  # scales ~linearly in tokens
+    rounds = []
+    for _ in range(args.repeats):
+        peak = matmul_peak_gflops(jnp.dtype(args.dtype), repeats=3)
+        clip_s = timed(lambda: forward(state, video), 1)[0]
+        at = {8: [], 64: []}
+        for i in range(args.frame_repeats):  # ABBA order cancels a linear drift within the round
+            for t in ((8, 64) if i % 2 == 0 else (64, 8)):
+                at[t].append(frame_time(t))
+        f8, f64 = statistics.median(at[8]), statistics.median(at[64])
+        rounds.append(dict(peak=peak, clip_s=clip_s, f8=f8, f64=f64, clip_frac=gflop / clip_s / peak,
+                           f8_vs_clip=f8 / (clip_s / args.frames), f64_vs_f8=f64 / f8))
+
+    med = lambda key: statistics.median(r[key] for r in rounds)
+    spread = lambda key: [round(min(r[key] for r in rounds), 3), round(max(r[key] for r in rounds), 3)]
+    results.update(
+        matmul_peak_gflops=round(med("peak"), 1), clip_s=round(med("clip_s"), 3),
+        clip_gflops_per_s=round(gflop / med("clip_s"), 1),
+        clip_fraction_of_matmul_peak=round(med("clip_frac"), 3),
+        clip_fraction_range=spread("clip_frac"),
+        stream_s_per_frame_at_8=round(med("f8"), 4), stream_s_per_frame_at_64=round(med("f64"), 4),
+        stream_at_8_vs_clip_over_frames=round(med("f8_vs_clip"), 3),
+        stream_at_8_vs_clip_range=spread("f8_vs_clip"),
+        stream_64_vs_8=round(med("f64_vs_f8"), 3), stream_64_vs_8_range=spread("f64_vs_f8"),
+        stream_trace_first_half_s=round(statistics.median(trace[4:len(trace) // 2]), 4),
+        stream_trace_second_half_s=round(statistics.median(trace[len(trace) // 2:]), 4),
+        stream_compiles=step._cache_size())
     results["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
     for k, v in results.items():
