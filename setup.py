@@ -26,7 +26,10 @@ CORE = [
 # PyTorch interop: only for `.pth` checkpoints and the converters' parity tests.
 # torch is pinned exactly: an unpinned torch resolves to a multi-GB CUDA build.
 TORCH = ["torch==2.13.0", "transformers==4.52.3"]
-TEST = ["pytest==9.2.0", "pytest-xdist==3.8.0", "scikit-learn==1.7.2"] + TORCH  # sklearn: an independent AP reference
+# tensorflow-datasets reads converted ArrayRecord output without TensorFlow (docs/data_convert.md).
+TFDS = ["tensorflow-datasets==4.9.10"]
+# sklearn: an independent AP reference.
+TEST = ["pytest==9.2.0", "pytest-xdist==3.8.0", "scikit-learn==1.7.2"] + TORCH + TFDS
 
 setup(
     name="streamformer_jax",
@@ -37,5 +40,5 @@ setup(
     install_requires=CORE,
     # Apache Beam for dataset conversion at Kinetics scale; it resolves protobuf 6.33.x, so it is kept out of
     # the default install (see docs/data_convert.md).
-    extras_require={"test": TEST, "torch": TORCH, "beam": ["apache-beam==2.77.0"]},
+    extras_require={"test": TEST, "torch": TORCH, "tfds": TFDS, "beam": ["apache-beam==2.77.0"]},
 )

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .. import schema
 from ..annotations import Item, class_names_for, load_class_names, parse_annotations
-from . import shards
+from . import shards, tfds_info
 from .build import Options, Result, run_item
 
 
@@ -212,6 +212,11 @@ def _finish(out_dir, task, fmt, annotations, names, opts, items, markers: Iterab
                     **({"index": m["file"] + ".idx"} if fmt == "tfrecord" else {})} for m in markers],
     }
     shards.write_json(os.path.join(out_dir, "metadata.json"), meta)
+    # tfds metadata last, from the same markers: a resumed run rewrites it like metadata.json.
+    tfds_info.write(out_dir, task, fmt, [m["file"] for m in markers], [m["num_examples"] for m in markers],
+                    class_names=names if task in ("kinetics", "ssv2") else (),
+                    description=f"StreamFormer {task} records converted from {os.path.basename(annotations)} "
+                                f"by data_pipelines.convert (schema_version {schema.SCHEMA_VERSION}).")
     summary = Summary(len(items), num_examples, skipped, out_dir, resumed)
     # No paths or run-specific numbers in the report: same input -> same bytes, wherever it was written.
     head = f"{task}: wrote {num_examples} of {len(items)} examples ({len(skipped)} skipped)"

@@ -31,12 +31,19 @@ class JpegDecoder:
     def decode_crop_resize(self, data: bytes, box: Box, out_size: int) -> np.ndarray:
         """uint8 [out_size, out_size, 3] from the box (top, left, height, width) of the decoded frame."""
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB")
-            region = (box.left, box.top, box.left + box.width, box.top + box.height)
-            if (box.height, box.width) == (out_size, out_size):
-                return np.asarray(img.crop(region))
-            return np.asarray(img.resize((out_size, out_size), Image.BILINEAR, box=region))
+            return _crop_resize(img.convert("RGB"), box, out_size)
+
+    def crop_resize(self, rgb: np.ndarray, box: Box, out_size: int) -> np.ndarray:
+        """The same crop + resize for an already decoded frame uint8 [H, W, 3]."""
+        return _crop_resize(Image.fromarray(np.ascontiguousarray(rgb, np.uint8), "RGB"), box, out_size)
 
     def decode_clip(self, jpegs: Sequence[bytes], box: Box, out_size: int) -> np.ndarray:
         """uint8 [T, out_size, out_size, 3]; one box for every frame of the clip."""
         return np.stack([self.decode_crop_resize(j, box, out_size) for j in jpegs])
+
+
+def _crop_resize(img: Image.Image, box: Box, out_size: int) -> np.ndarray:
+    region = (box.left, box.top, box.left + box.width, box.top + box.height)
+    if (box.height, box.width) == (out_size, out_size):
+        return np.asarray(img.crop(region))
+    return np.asarray(img.resize((out_size, out_size), Image.BILINEAR, box=region))

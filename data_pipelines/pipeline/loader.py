@@ -188,6 +188,8 @@ def task_options(config, task: str, train: bool = True):
         rrc_scale=tuple(t.rrc_scale), rrc_ratio=tuple(t.rrc_ratio), scale_jitter=tuple(t.scale_jitter),
         clip_seconds=t.clip_seconds, max_seconds=t.max_seconds, patch_size=t.patch_size,
         randaugment=t.randaugment, randaugment_interpolation=t.randaugment_interpolation,
+        # Optional key (VIS only): COCO pseudo-video rotation range in degrees, 0 = off.
+        pseudo_video_max_angle=float(t.get("pseudo_video_max_angle", ClipOptions.pseudo_video_max_angle)),
     )
 
 

@@ -9,7 +9,8 @@ process produced it. Outputs have fixed shapes per task so that batches never tr
   retrieval    caption str
   grounding    caption str, label float32 [T] (1 inside the caption's window(s)), duration float32 []
   localization label int32 [T] (class id, -1 = background), duration float32 []
-  vis          mask int32 [T, S/p, S/p] (category id per patch, -1 = background / ignored)
+  vis          mask int32 [T, S/p, S/p] (category id per patch, -1 = background / ignored); a COCO image
+               (one-frame record) becomes a pseudo-video of T independently rotated copies in training
 
 Unlike the original loaders, a broken record raises instead of being silently replaced by a random other one.
 """
@@ -43,6 +44,9 @@ class ClipOptions:
     patch_size: int = 16  # VIS targets are emitted at patch resolution (S / patch_size per side).
     randaugment: str = ""  # timm-style spec, e.g. "rand-m7-n4-mstd0.5-inc1" (§6.3); "" = off.
     randaugment_interpolation: str = "bicubic"
+    # VIS records of COCO images (dataset "COCO..."): in training each of the T copies of the image is rotated
+    # by its own angle ~ U(-a, a) degrees (§6.7); 0 = no rotation (plain repeats).
+    pseudo_video_max_angle: float = 15.0
 
 
 class ClipTransform(grain.transforms.RandomMap):
@@ -75,6 +79,11 @@ class ClipTransform(grain.transforms.RandomMap):
     def add_spatial_targets(self, ex: dict, out: dict, box: augment.Box, flip: bool) -> None:
         pass
 
+    def clip(self, ex: dict, idx: np.ndarray, box: augment.Box) -> np.ndarray:
+        """uint8 [T, S, S, 3]: the sampled frames, cropped to `box` and resized."""
+        uniq, inverse = np.unique(idx, return_inverse=True)  # Short videos repeat frames: decode each once.
+        return self._decoder.decode_clip([ex["frames"][int(i)] for i in uniq], box, self.options.size)[inverse]
+
     # -- the transform
     def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, Any]:
         ex = schema.decode_record(element) if isinstance(element, (bytes, bytearray)) else dict(element)
@@ -90,8 +99,7 @@ class ClipTransform(grain.transforms.RandomMap):
         }
         self.add_targets(ex, idx, out, rng)
         box = self.crop_box(ex, idx, rng)
-        uniq, inverse = np.unique(idx, return_inverse=True)  # Short videos repeat frames: decode each once.
-        video = self._decoder.decode_clip([ex["frames"][int(i)] for i in uniq], box, o.size)[inverse]
+        video = self.clip(ex, idx, box)
         if o.train and self._randaugment is not None:
             # Applied to the resized crop (the original augments full frames, then crops): ~3x cheaper.
             video = randaugment.apply_ops(video, randaugment.sample_ops(self._randaugment, rng), self._randaugment)
@@ -184,9 +192,21 @@ class VISTransform(ClipTransform):
         o = self.options
         if not o.train:
             return super().crop_box(ex, idx, rng)
+        if o.pseudo_video_max_angle > 0 and augment.is_pseudo_video(ex.get("dataset", "")):
+            # COCO pseudo-video (§6.7): the still image repeated T times, every copy turned by its own random
+            # rotation, frames and masks together, before the mask-aware crop (which then sees rotated masks).
+            uniq, inverse = np.unique(idx, return_inverse=True)
+            full = np.stack([self._decoder.decode(ex["frames"][int(i)]) for i in uniq])[inverse]
+            ex["_frames"], ex["_masks"] = augment.rotate_pseudo_video(full, ex["_masks"], rng,
+                                                                      o.pseudo_video_max_angle)
         # PairMaskCrop (§6.7): keep the objects in view when possible.
         focus = augment.mask_bbox(ex["_masks"])
         return augment.short_side_crop_box(int(ex["height"]), int(ex["width"]), rng, True, o.scale_jitter, focus)
+
+    def clip(self, ex, idx, box):
+        if "_frames" not in ex:
+            return super().clip(ex, idx, box)
+        return np.stack([self._decoder.crop_resize(f, box, self.options.size) for f in ex["_frames"]])
 
     def add_spatial_targets(self, ex, out, box, flip):
         rows, cols = augment.nearest_grid(box, self.options.size, self.options.patch_size)
