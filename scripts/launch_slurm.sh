@@ -8,9 +8,11 @@
 #     EXTRA_ARGS="--config.data_dir=/shared/records --config.model.init=/shared/runs/sf_pretrain/export" \
 #     sbatch --nodes=2 scripts/launch_slurm.sh
 #
-# Preemption / time limit: `--signal=TERM@120` sends SIGTERM two minutes before the end; JAX's preemption
-# notifier makes every process stop at the same step, a checkpoint is written, and `--requeue` restarts the job,
-# which resumes from it. WORKDIR must be on a filesystem every node sees.
+# Preemption / time limit: `--signal=TERM@120` sends SIGTERM to every task two minutes before the end; all
+# processes stop after the same step, that step is checkpointed and process 0 prints
+# `finished: step S/N (preempted)`. The script then requeues the job (`scontrol requeue`; `--requeue` allows it,
+# and lets SLURM requeue jobs it preempts itself), and the requeued job resumes from the checkpoint. A run that
+# reaches total_steps prints `(done)` and is not requeued. WORKDIR must be on a filesystem every node sees.
 #
 #SBATCH --job-name=streamformer
 #SBATCH --nodes=1
@@ -31,5 +33,10 @@ VENV=${VENV:-$PWD/.venv}  # made once with: python -m venv .venv && .venv/bin/pi
 mkdir -p "$WORKDIR"
 # Data loading runs in grain worker processes: leave most CPU cores to them.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
+log="$WORKDIR/slurm-${SLURM_JOB_ID:-local}-${SLURM_RESTART_COUNT:-0}.log"  # this attempt's output
 srun --kill-on-bad-exit=1 "$VENV/bin/python" -m streamformer_jax.train --config "$CONFIG" --workdir "$WORKDIR" \
-  --config.compilation_cache_dir="$WORKDIR/jax_cache" --config.progress_bar=False $EXTRA_ARGS
+  --config.compilation_cache_dir="$WORKDIR/jax_cache" --config.progress_bar=False $EXTRA_ARGS 2>&1 | tee "$log"
+if grep -q '^finished: step .* (preempted)' "$log" && [[ -n "${SLURM_JOB_ID:-}" ]]; then
+  echo "stopped by SIGTERM after a checkpoint: requeueing job $SLURM_JOB_ID to resume"
+  scontrol requeue "$SLURM_JOB_ID"
+fi

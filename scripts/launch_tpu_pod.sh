@@ -10,7 +10,8 @@
 #   scripts/launch_tpu_pod.sh start    # start training on all workers (resumes if WORKDIR has checkpoints)
 #   scripts/launch_tpu_pod.sh status   # slice state + last lines of each worker's log
 #   scripts/launch_tpu_pod.sh watch    # loop: if the slice was preempted, recreate, reinstall and restart
-#   scripts/launch_tpu_pod.sh stop     # kill the training processes (SIGTERM: a checkpoint is saved first)
+#   scripts/launch_tpu_pod.sh stop     # SIGTERM to the training processes: they checkpoint one step and exit
+#                                      # (a running `watch` restarts them: stop it first)
 #
 # Settings (environment):
 #   TPU_NAME=sf-v5p-64  ZONE=us-east5-a  ACCELERATOR=v5p-64  PROJECT=my-project (optional)
@@ -37,6 +38,7 @@ PROJECT_FLAG=${PROJECT:+--project=$PROJECT}
 
 gtpu() { gcloud compute tpus tpu-vm "$@" --zone="$ZONE" $PROJECT_FLAG; }
 on_all() { gtpu ssh "$TPU_NAME" --worker=all --command="$1"; }
+on_worker0() { gtpu ssh "$TPU_NAME" --worker=0 --command="$1"; }
 state() { gtpu describe "$TPU_NAME" --format='value(state)' 2>/dev/null || echo MISSING; }
 
 create() {
@@ -77,8 +79,12 @@ watch() {
     s=$(state)
     if [[ "$s" == "READY" ]]; then
       if on_all "test -f ~/train.pid && kill -0 \$(cat ~/train.pid)" 2>/dev/null; then continue; fi
-      if on_all "grep -q '^finished: step' ~/train.log" 2>/dev/null; then echo "training finished"; return; fi
-      echo "training processes gone (crash or preemption of a process): restarting"; start
+      # Process 0 (worker 0) ends with "finished: step N/N (done)"; "(preempted)" (SIGTERM: a checkpoint was
+      # saved) or no line (crash) means restart and resume.
+      if on_worker0 "grep -q '^finished: step .* (done)' ~/train.log" 2>/dev/null; then
+        echo "training finished"; return
+      fi
+      echo "training processes gone (preemption, SIGTERM or crash): restarting"; start
     else
       echo "slice state $s: recreating"; create; install; start
     fi

@@ -15,11 +15,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_hosts(script_path, extra_args, timeout: float) -> list[str]:
+def run_two_hosts(script_path, extra_args, timeout: float, env: dict | None = None) -> list[str]:
     """`python SCRIPT PORT PROCESS_ID *extra_args` for process 0 and 1; each must exit 0 and print
-    `HOST_OK <id>`. Returns both outputs (stdout + stderr)."""
+    `HOST_OK <id>`. `env`: extra environment variables for both. Returns both outputs (stdout + stderr)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
     port = str(free_port())
     procs = [subprocess.Popen([sys.executable, str(script_path), port, str(i), *map(str, extra_args)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]

@@ -1,12 +1,14 @@
 """The command line: locked configs (a misspelt override is an error), the configs' recipe values, and the tiny
 config run as two local JAX processes (jax.distributed over gloo), then resumed with a larger total_steps."""
+import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from test_train_support import (REPO, builtin_dir, free_port, jax_cache, load_config, read_metrics,  # noqa: F401
-                                run_cli, subprocess_env, tiny_config)
+from test_train_support import (REPO, builtin_dir, jax_cache, load_config, read_metrics, run_cli,  # noqa: F401
+                                run_cli_two_processes, subprocess_env, tiny_config)
 
 
 def test_misspelt_override_is_an_error(tmp_path):
@@ -29,6 +31,7 @@ def test_original_recipe_values():
     assert c.micro_batch_size * c.accum_steps == 896
     assert c.optim.lr == pytest.approx(7e-5) and (c.optim.b1, c.optim.b2) == (0.9, 0.999)
     assert c.optim.weight_decay == 0.05 and c.optim.clip_grad_norm == 0 and c.optim.warmup_steps == 0
+    assert c.optim.eps == pytest.approx(1e-8) and c.optim.min_lr == 0  # AdamW eps; cosine to 0
     assert c.epochs == 20 and c.total_steps == -1
     for name, task in (("finetune_k400", "kinetics"), ("finetune_ssv2", "ssv2")):
         f = load_config(name)
@@ -39,28 +42,11 @@ def test_original_recipe_values():
 
 
 def _two_processes(workdir, builtin, cache, steps):
-    port = free_port()
-    args = ["--config", "configs/pretrain_multitask.py:tiny", "--workdir", str(workdir),
-            f"--config.total_steps={steps}", f"--config.builtin_dir={builtin}",
-            f"--config.compilation_cache_dir={cache}", "--config.progress_bar=False",
-            "--config.accum_steps=2", "--config.checkpoint.every_steps=2"]
-    args += ["--config.tasks=kinetics", "--config.model.overrides.num_layers=1"]
-    procs = []
-    for i in range(2):
-        env = subprocess_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=i)
-        procs.append(subprocess.Popen([sys.executable, "-m", "streamformer_jax.train", *args], env=env, cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=300)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("two-process training timed out")
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
-    return outs
+    return run_cli_two_processes(
+        ["--config", "configs/pretrain_multitask.py:tiny", "--workdir", workdir, f"--config.total_steps={steps}",
+         f"--config.builtin_dir={builtin}", f"--config.compilation_cache_dir={cache}", "--config.progress_bar=False",
+         "--config.accum_steps=2", "--config.checkpoint.every_steps=2", "--config.tasks=kinetics",
+         "--config.model.overrides.num_layers=1"])
 
 
 def test_tiny_config_on_two_processes_then_resume(tmp_path, builtin_dir, jax_cache):  # noqa: F811
@@ -68,7 +54,8 @@ def test_tiny_config_on_two_processes_then_resume(tmp_path, builtin_dir, jax_cac
 
     work = tmp_path / "run"
     outs = _two_processes(work, builtin_dir, jax_cache, steps=4)
-    assert "finished: step 4/4" in outs[0] and "finished" not in outs[1]  # process 0 reports
+    assert "finished: step 4/4 (done); workdir" in outs[0]  # process 0's line (the launch scripts look for it)
+    assert "process 1: finished: step 4/4 (done)" in outs[1] and "\nfinished:" not in "\n" + outs[1]
     rows = read_metrics(work)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # one writer: process 0
     assert all("loss/kinetics" in r for r in rows)
@@ -84,3 +71,82 @@ def test_tiny_config_on_two_processes_then_resume(tmp_path, builtin_dir, jax_cac
     assert "resumed from" in outs[0] and "(step 4)" in outs[0]
     assert [r["step"] for r in read_metrics(work)] == [1, 2, 3, 4, 5]
     assert (work / "checkpoints" / "5").is_dir()
+
+
+def _distributed_cfg(**kw):
+    import ml_collections
+
+    return ml_collections.ConfigDict({"initialize": "auto", "coordinator_address": "", "num_processes": 0,
+                                      "process_id": -1, **kw})
+
+
+@pytest.fixture
+def bare_env(monkeypatch):
+    """No cluster in sight: no TPU/SLURM/JAX_* variables, no /dev/accel*."""
+    import glob
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(("TPU_", "CLOUD_TPU", "MEGASCALE_", "SLURM_", "JAX_COORDINATOR", "JAX_NUM_PROCESSES",
+                           "JAX_PROCESS_ID")):
+            monkeypatch.delenv(key)
+    real_glob = glob.glob
+    monkeypatch.setattr(glob, "glob", lambda p, *a, **k: [] if p.startswith("/dev/accel") else real_glob(p, *a, **k))
+    return monkeypatch
+
+
+def test_distributed_start_up_is_detected(bare_env):
+    """jax.distributed is initialised on TPU VMs and multi-task SLURM steps (auto), with explicit coordinates
+    (config or JAX_* variables) and never with initialize=no; a coordinator without the process count/id is an
+    error."""
+    from streamformer_jax.train import distributed
+
+    calls = []
+    bare_env.setattr("jax.distributed.initialize", lambda **kw: calls.append(kw))
+    bare_env.setattr("jax.distributed.is_initialized", lambda: False)
+    cfg = _distributed_cfg()
+    assert not distributed._auto_cluster() and distributed.maybe_initialize(cfg) is False and calls == []
+    bare_env.setenv("SLURM_NTASKS", "4")  # the sbatch script itself (no step): not yet
+    assert not distributed._auto_cluster()
+    bare_env.setenv("SLURM_STEP_ID", "0")  # inside srun with 4 tasks
+    assert distributed._auto_cluster()
+    assert distributed.maybe_initialize(cfg) is True and calls == [{}]  # jax reads the SLURM environment
+    assert distributed.maybe_initialize(_distributed_cfg(initialize="no")) is False and len(calls) == 1
+    bare_env.delenv("SLURM_NTASKS")
+    bare_env.delenv("SLURM_STEP_ID")
+    bare_env.setenv("TPU_WORKER_HOSTNAMES", "w0,w1")
+    assert distributed._auto_cluster()
+    bare_env.delenv("TPU_WORKER_HOSTNAMES")
+    bare_env.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+    with pytest.raises(ValueError, match="num_processes and process_id"):
+        distributed.maybe_initialize(cfg)
+    bare_env.setenv("JAX_NUM_PROCESSES", "2")
+    bare_env.setenv("JAX_PROCESS_ID", "1")
+    calls.clear()
+    assert distributed.maybe_initialize(cfg) is True
+    assert calls == [{"coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}]
+    calls.clear()  # the config's fields win over the environment
+    distributed.maybe_initialize(_distributed_cfg(coordinator_address="h:1", num_processes=8, process_id=3))
+    assert calls == [{"coordinator_address": "h:1", "num_processes": 8, "process_id": 3}]
+
+
+@pytest.mark.slow
+def test_readme_main_job(tmp_path):
+    """The README's "Quickstart (no downloads)" block as written (only /tmp/sf_tiny moved into tmp_path), on one
+    CPU device: six-task tiny pretraining for 20 steps, the export, features from it. About 70 s on 2 cores."""
+    section = (REPO / "README.md").read_text().split("## Quickstart (no downloads)", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    assert "-m streamformer_jax.train --config configs/pretrain_multitask.py:tiny --workdir /tmp/sf_tiny" in block
+    work = tmp_path / "sf_tiny"
+    env = subprocess_env(1, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block.replace("/tmp/sf_tiny", str(work))], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert f"finished: step 20/20 (done); workdir {work}" in proc.stdout
+    rows = read_metrics(work)
+    assert [r["step"] for r in rows] == list(range(1, 21))
+    tasks = {k.split("/", 1)[1] for r in rows for k in r if k.startswith("loss/")}
+    assert tasks == {"kinetics", "ssv2", "retrieval", "grounding", "localization", "vis"}  # one micro-batch each
+    assert sorted(p.name for p in (work / "checkpoints").iterdir()) == ["10", "20"]
+    shapes = re.search(r"'pooler_output': \((\d+), 64\)", proc.stdout)  # the block's last command prints them
+    assert shapes and int(shapes.group(1)) > 0, proc.stdout[-2000:]

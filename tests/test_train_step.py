@@ -105,6 +105,86 @@ def test_nan_guard_drops_the_update(parts):
         np.testing.assert_array_equal(a, b)  # step, params and moments unchanged
 
 
+def test_gradient_accumulation_averages_micro_batches_and_donates_the_state(parts):
+    """Two micro-batches accumulate to the sum of their gradients; the update step averages them (loss and
+    gradient norm of the mean), returns a zeroed accumulator and consumes (donates) the old state."""
+    from data_pipelines.pipeline import loader
+
+    cfg, tm, host = parts
+    mesh = sharding_lib.make_mesh(8, 1, 1)
+    trainer = loop.make_trainer(cfg, tm, mesh, cfg.optim, 4)  # the programs the other tests compiled
+    text = loop.replicate(tm.text, mesh)
+
+    def global_batch(video):
+        fields = {k: v for k, v in host.items() if k != "task"}
+        return device_batch(loader.to_global_batch({**fields, "video": video}, mesh, ("data", "fsdp")))
+
+    a, b = global_batch(host["video"]), global_batch(host["video"][:, ::-1])  # clips and the clips reversed
+    state = trainer.init_state(0)
+
+    def grads_of(batch, micro_index):  # one micro-batch into a fresh accumulator (RNG folded with micro_index)
+        acc = trainer.init_accumulator()
+        acc["count"] = acc["count"] + micro_index
+        acc, m = trainer.micro_step(state, acc, batch, text, "kinetics")
+        return jax.device_get(acc["grads"]), float(m["loss"])
+
+    (ga, la), (gb, lb) = grads_of(a, 0), grads_of(b, 1)
+    assert la != lb
+    acc = trainer.init_accumulator()
+    acc, _ = trainer.micro_step(state, acc, a, text, "kinetics")
+    acc, _ = trainer.micro_step(state, acc, b, text, "kinetics")
+    summed = jax.device_get(acc["grads"])
+    for s_, x, y in zip(*(jax.tree_util.tree_leaves(t) for t in (summed, ga, gb))):
+        np.testing.assert_allclose(s_, x + y, rtol=1e-5, atol=1e-8)  # gA + gB (up to XLA's summation order)
+    old_leaf = state["params"]["backbone"]["post_layernorm"]["scale"]
+    new, zero, metrics = trainer.apply_step(state, acc)
+    mean_norm = np.sqrt(sum(np.sum(((x + y) / 2).astype(np.float64) ** 2) for x, y in
+                            zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb))))
+    assert float(metrics["loss"]) == pytest.approx((la + lb) / 2, rel=1e-6)
+    assert float(metrics["grad_norm"]) == pytest.approx(mean_norm, rel=1e-5)
+    assert int(new["step"]) == 1 and int(zero["count"]) == 0 and float(zero["loss"]) == 0
+    assert all(not np.any(np.asarray(z)) for z in jax.tree_util.tree_leaves(zero["grads"]))
+    assert old_leaf.is_deleted()  # the state was donated: its buffers now hold the new state
+
+
+def _optim(**kw):
+    import ml_collections
+
+    return ml_collections.ConfigDict({"lr": 1e-3, "min_lr": 1e-5, "warmup_steps": 10, "warmup_lr": 0.0, "b1": 0.9,
+                                      "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "clip_grad_norm": 0.0,
+                                      "mu_dtype": "", **kw})
+
+
+def test_learning_rate_is_warm_up_then_one_cosine_over_the_whole_run():
+    from streamformer_jax.train.optim import learning_rate_schedule
+
+    schedule = learning_rate_schedule(_optim(), 110)
+    lr = np.array([float(schedule(s)) for s in range(111)])
+    np.testing.assert_allclose(lr[:11], np.linspace(0.0, 1e-3, 11), rtol=1e-5, atol=1e-12)
+    t = (np.arange(10, 111) - 10) / 100  # one cosine from the end of warm-up to total_steps (no restarts)
+    np.testing.assert_allclose(lr[10:], 1e-5 + (1e-3 - 1e-5) * 0.5 * (1 + np.cos(np.pi * t)), rtol=1e-4)
+
+
+def test_gradient_clipping_by_global_norm():
+    """clip_grad_norm=1 scales a gradient of global norm 50 by 1/50 before AdamW (b1 = b2 = 0 and a huge eps make
+    the AdamW update proportional to the gradient, so the scaling shows in the update)."""
+    from streamformer_jax.train.optim import make_optimizer
+
+    params = {"a": jnp.zeros(2), "b": jnp.zeros(2)}
+    grads = {"a": jnp.array([30.0, 0.0]), "b": jnp.array([0.0, 40.0])}  # global norm 50
+
+    def update(clip):
+        tx, _ = make_optimizer(_optim(lr=1.0, min_lr=1.0, warmup_steps=0, b1=0.0, b2=0.0, eps=1e6,
+                                      clip_grad_norm=clip), 10, {"a": True, "b": True})
+        updates, _ = tx.update(grads, tx.init(params), params)
+        return np.concatenate([np.asarray(updates["a"]), np.asarray(updates["b"])])
+
+    plain, clipped = update(0.0), update(1.0)
+    assert np.abs(plain).max() > 0
+    np.testing.assert_allclose(clipped, plain / 50, rtol=1e-3)
+    np.testing.assert_allclose(update(100.0), plain, rtol=1e-6)  # below the threshold: unchanged
+
+
 def _cost_flops(lowered) -> float:
     cost = lowered.compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -78,3 +78,29 @@ def subprocess_env(devices: int, **extra) -> dict:
 def run_cli(args, env, timeout=240, cwd=REPO):
     return subprocess.run([sys.executable, "-m", "streamformer_jax.train", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli_two_processes(args, *, timeout: float = 300, env=None, script=None) -> list[str]:
+    """The training command line as two local JAX processes (jax.distributed on CPU/gloo, 2 devices each); each
+    must exit 0. `env`: extra environment for both, or a list of two dicts (one per process). `script`: a file to
+    run instead of `-m streamformer_jax.train` (a wrapper of the command line). Returns both outputs."""
+    port = free_port()
+    envs = env if isinstance(env, (list, tuple)) else [env or {}, env or {}]
+    command = [sys.executable, str(script)] if script else [sys.executable, "-m", "streamformer_jax.train"]
+    procs = []
+    for i in range(2):
+        e = subprocess_env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=2, JAX_PROCESS_ID=i,
+                           **envs[i])
+        procs.append(subprocess.Popen([*command, *map(str, args)], env=e, cwd=REPO, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            pytest.fail("two-process training timed out")
+    for i, (p, out) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{out[-4000:]}"
+    return outs

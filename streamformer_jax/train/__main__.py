@@ -32,9 +32,13 @@ def main(argv):
         return 3
     import jax
 
+    # Every process reports how it ended ("done" or "preempted"); process 0's line starts with "finished:" (the
+    # launch scripts look for it).
+    line = f"finished: step {summary['step']}/{summary['total_steps']} ({summary['stopped']})"
     if jax.process_index() == 0:
-        print(f"finished: step {summary['step']}/{summary['total_steps']} ({summary['stopped']}); "
-              f"workdir {FLAGS.workdir}", flush=True)
+        print(f"{line}; workdir {FLAGS.workdir}", flush=True)
+    else:
+        print(f"process {jax.process_index()}: {line}", flush=True)
     return 0
 
 

@@ -39,11 +39,17 @@ class Checkpointer:
 
     def _open(self):
         self.manager = ocp.CheckpointManager(self.directory, options=self._options, item_names=ITEMS)
+        # Preemption is the trainer's business (train/distributed.py:Preemption asks JAX's preemption service once
+        # per step, from the main thread, and saves with force=True). orbax would ask the service too, also from its
+        # save-finalize thread with the step being saved: that moves the service's step counter back, and a notice
+        # arriving then could make the processes agree on a step they have already passed (no preemption save).
+        self.manager.reached_preemption = lambda step: False
 
     # --------------------------------------------------------------------------------------------- save
     def save(self, step: int, state: Any, data_state: dict, *, force: bool = False) -> bool:
         """Start an (async) save when `step` is on the interval, or always with `force`. True if saving."""
-        if not force and not self.manager.should_save(step):
+        # (orbax alone would also save the first step it sees, wherever it falls)
+        if not force and (step % self.every_steps or not self.manager.should_save(step)):
             return False
         if step in self.manager.all_steps():
             return False
