@@ -25,8 +25,9 @@ Evaluation runs data-parallel over a device mesh (the batch axis split over ever
 (host h takes videos h, h + H, ...); the last batch is padded with blank views that are masked out of the
 scores; per-host counts are summed across hosts; a tqdm bar shows progress; results go to JSON.
 
-Full finetuning (LoRA on the spatial attention, as the original) is not implemented here: it needs the
-trainer (`streamformer_jax.train`).
+Full finetuning (LoRA on the spatial attention, as the original) is the trainer's "classifier" model kind
+(`configs/finetune_k400.py`, `configs/finetune_ssv2.py`); its run exports the backbone and this head
+(`WORKDIR/export/classifier_head.npz`) for `evaluate --checkpoint WORKDIR/export --head ...`.
 """
 from __future__ import annotations
 
@@ -260,6 +261,32 @@ def load_ar_checkpoint(path, config) -> tuple[dict, dict]:
             break
     state = {k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
     return ar_checkpoint_to_ours(state, config)
+
+
+def ours_to_ar_checkpoint(params: Mapping[str, np.ndarray], head: Mapping, config) -> dict[str, np.ndarray]:
+    """Our backbone params + head -> the original AR model's state dict (NumPy float32, PyTorch layouts, mask
+    buffers included); the inverse of `ar_checkpoint_to_ours`."""
+    from streamformer_jax.convert.keymap import ours_to_official
+
+    state = ours_to_official(params, config)
+    state["fc_norm.weight"] = np.asarray(head["fc_norm"]["scale"], np.float32)
+    state["fc_norm.bias"] = np.asarray(head["fc_norm"]["bias"], np.float32)
+    state["classifier.weight"] = np.ascontiguousarray(np.asarray(head["classifier"]["kernel"], np.float32).T)
+    state["classifier.bias"] = np.asarray(head["classifier"]["bias"], np.float32)
+    return state
+
+
+def save_ar_checkpoint(path, config, params: Mapping[str, np.ndarray], head: Mapping) -> pathlib.Path:
+    """Write `{"model": AR state dict}` (what `load_ar_checkpoint` and the original AR code read). Needs torch."""
+    from streamformer_jax.convert.torch_io import require_torch
+
+    torch = require_torch()
+    state = {k: torch.from_numpy(v) for k, v in ours_to_ar_checkpoint(params, head, config).items()}
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": state}, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def _strip_module(state):

@@ -1,6 +1,7 @@
 """Checkpoints and resume: exact resume (2N == N + N), SIGTERM, restore onto another mesh, broken checkpoints,
 the NaN guard, and the run's metrics.jsonl / TensorBoard output. 8 fake CPU devices (data parallel)."""
 import os
+import re
 import shutil
 import signal
 
@@ -64,17 +65,102 @@ def test_metrics_jsonl_and_tensorboard(runs):
         assert isinstance(row["step"], int) and np.isfinite(row["loss"])
         for key in ("lr", "grad_norm", "param_norm", "loss/kinetics", "kinetics/accuracy"):
             assert key in row, key
-    # lr of each update: linear warm-up over 2 steps to 1e-3, then cosine decay to 0 at step 4.
-    assert [r["lr"] for r in rows][:3] == pytest.approx([0.0, 5e-4, 1e-3])
-    assert 0 < rows[3]["lr"] < 1e-3
+    # lr of each update: linear warm-up over 2 steps to 1e-3, then cosine decay to 0 at step 4 (half-way at 3).
+    assert [r["lr"] for r in rows] == pytest.approx([0.0, 5e-4, 1e-3, 5e-4])
     for key in ("steps_per_sec", "clips_per_sec", "tflops_per_device", "mfu"):
         assert rows[-1][key] > 0, key
-    assert rows[-1]["clips_per_sec"] == pytest.approx(rows[-1]["steps_per_sec"] * 16)
+    last, cfg = rows[-1], runs["cfg"]
+    assert last["clips_per_sec"] == pytest.approx(last["steps_per_sec"] * 16)
+    # TFLOP/s per device and MFU from the analytic count: 16 clips per step over 8 devices, the config's peak.
+    from streamformer_jax.train import flops as flops_lib
+    from streamformer_jax.train.model import backbone_config
+
+    clip_flops = flops_lib.train_flops_per_clip(backbone_config(cfg), num_frames=4, image_size=32)
+    assert last["tflops_per_device"] == pytest.approx(16 * clip_flops * last["steps_per_sec"] / 8 / 1e12, rel=1e-6)
+    assert last["mfu"] == pytest.approx(last["tflops_per_device"] / cfg.peak_tflops_per_device, rel=1e-6)
     events = list((runs["root"] / "full" / "tensorboard").glob("events.out.tfevents.*"))
-    assert events and events[0].stat().st_size > 0
+    assert len(events) == 1
+    scalars = _tensorboard_scalars(events[0])
+    for key in ("loss", "loss/kinetics", "lr", "grad_norm", "steps_per_sec", "clips_per_sec", "tflops_per_device",
+                "mfu"):
+        assert key in scalars, (key, sorted(scalars))
+    assert [step for step, _ in scalars["loss"]] == [1, 2, 3, 4]
+    assert [v for _, v in scalars["loss"]] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
     assert (runs["root"] / "full" / "config.json").is_file()
     steps = sorted(int(p.name) for p in (runs["root"] / "full" / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [2, 4]
+
+
+def _tensorboard_scalars(path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} from a TensorBoard event file (TFRecord framing, tensorboardX's Event proto)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out, data, pos = {}, path.read_bytes(), 0
+    while pos < len(data):
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])  # after length + its CRC
+        pos += 12 + length + 4  # + the data's CRC
+        for value in event.summary.value:
+            out.setdefault(value.tag, []).append((int(event.step), float(value.simple_value)))
+    return out
+
+
+def test_progress_bar_with_eta_on_process_0(tmp_path, capsys):
+    from streamformer_jax.train.metrics import MetricWriter
+
+    writer = MetricWriter(tmp_path, total_steps=10, start_step=4, progress_bar=True, tensorboard=False)
+    for step in (5, 6):
+        writer.advance()
+        writer.write(step, {"loss": 0.5})
+    writer.note("a note")
+    writer.close()
+    out = capsys.readouterr()
+    assert "6/10" in out.err and "loss=0.5000" in out.err  # resumed at 4 of 10, two steps done
+    assert re.search(r"6/10 \[\d\d:\d\d<\d\d:\d\d", out.err), out.err  # elapsed<remaining: the ETA
+    assert "a note" in out.out  # notes are printed through the bar (tqdm.write) without breaking it
+    assert [r["step"] for r in read_metrics(tmp_path)] == [5, 6]
+
+
+def test_checkpoints_every_n_steps_keep_the_last_k(tmp_path, monkeypatch):
+    """every_steps=2, keep=2: steps 2, 4, 6 are saved (asynchronously), 2 is deleted; a forced save (end of run,
+    SIGTERM) is kept too; the newest restores with its data-iterator state. orbax never asks JAX's preemption
+    service (only the trainer's loop does, see train/distributed.py)."""
+    import jax.numpy as jnp
+    from jax.experimental import multihost_utils
+
+    asked = []
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", lambda step: asked.append(step) or False)
+    ck = Checkpointer(tmp_path / "ck", every_steps=2, keep=2)
+    saved = [step for step in range(1, 8) if ck.save(step, {"w": jnp.full((3,), float(step))}, {"next_batch": step})]
+    assert saved == [2, 4, 6]
+    assert ck.save(7, {"w": jnp.full((3,), 7.0)}, {"next_batch": 7}, force=True)
+    ck.wait()
+    assert ck.all_steps() == [6, 7]
+    ck.close()
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["6", "7"]
+    ck = Checkpointer(tmp_path / "ck", every_steps=2, keep=2)
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    step, state, data = ck.restore_latest({"w": jax.ShapeDtypeStruct((3,), jnp.float32, sharding=sharding)})
+    ck.close()
+    assert step == 7 and data == {"next_batch": 7}
+    np.testing.assert_array_equal(np.asarray(state["w"]), [7.0, 7.0, 7.0])
+    assert asked == []
+
+
+def test_data_dir_reads_converted_task_directories(runs, tmp_path, builtin_dir, jax_cache):  # noqa: F811
+    """--config.data_dir=DIR trains on converted data (one sub-directory per task): the built-in dataset's
+    directories given that way give the built-in run's losses exactly; a root without task directories is an
+    error naming them."""
+    cfg = _config(builtin_dir, jax_cache, data_dir=builtin_dir)
+    cfg.builtin_dir = ""
+    loop.train(cfg, tmp_path / "w", log=lambda s: None)
+    assert not (tmp_path / "w" / "builtin_data").exists()
+    got, want = read_metrics(tmp_path / "w"), read_metrics(runs["root"] / "full")
+    assert [(r["step"], r["loss"]) for r in got] == [(r["step"], r["loss"]) for r in want]
+    with pytest.raises(FileNotFoundError, match="no task sub-directories"):
+        loop.data_config(_config(builtin_dir, jax_cache, data_dir=str(tmp_path / "w")), tmp_path / "w")
 
 
 def _setup(cfg, workdir):
@@ -160,3 +246,18 @@ def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(runs, tmp_path, buil
     assert steps == [2]
     rows = read_metrics(tmp_path / "w")
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_epoch_length_counts_only_the_tasks_of_the_run(tmp_path, builtin_dir, jax_cache):  # noqa: F811
+    """One task picked from the built-in dataset (which always holds all six): an epoch is that task's clips."""
+    import json
+    import pathlib
+
+    cfg = _config(builtin_dir, jax_cache, total_steps=-1, epochs=2.0, accum_steps=1)
+    setup = _setup(cfg, tmp_path / "epochs")
+    try:
+        n = json.loads((pathlib.Path(builtin_dir) / "kinetics" / "metadata.json").read_text())["num_examples"]
+        assert len(setup.meta) == 6  # the directory has every task; only kinetics is in the run
+        assert setup.total_steps == 2 * max(1, n // cfg.micro_batch_size)
+    finally:
+        setup.ckpt.close()

@@ -11,7 +11,6 @@ import collections
 import copy
 import json
 import pathlib
-import signal
 from typing import Any, Callable, Mapping
 
 import jax
@@ -159,37 +158,6 @@ def replicate(tree, mesh):
     return jax.tree_util.tree_map(put, tree)
 
 
-class _Preemption:
-    """SIGTERM -> save a checkpoint at the next step boundary and exit. Multi-process runs use JAX's preemption
-    sync point (all processes agree on the step); a single process installs a SIGTERM handler."""
-
-    def __init__(self):
-        self.flag = False
-        self._old = None
-        if jax.process_count() == 1:
-            try:
-                self._old = signal.signal(signal.SIGTERM, self._handler)
-            except ValueError:  # not the main thread
-                self._old = None
-
-    def _handler(self, signum, frame):
-        self.flag = True
-
-    def reached(self, step: int) -> bool:
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            try:
-                return bool(multihost_utils.reached_preemption_sync_point(step))
-            except Exception:  # noqa: BLE001 - preemption service not available
-                return False
-        return self.flag
-
-    def close(self):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-
-
 def export_backbone(config, trainer: Trainer, state: dict, out: str | pathlib.Path) -> pathlib.Path:
     """Write the trained backbone in this project's checkpoint format (`streamformer_jax.checkpoint`), the input
     of `python -m streamformer_jax.extract --checkpoint OUT` and of `FeatureExtractor.from_checkpoint(OUT)`."""
@@ -198,8 +166,11 @@ def export_backbone(config, trainer: Trainer, state: dict, out: str | pathlib.Pa
     flat = {**flatten(jax.device_get(state["params"])), **flatten(jax.device_get(state["frozen"]))}
     backbone = {k[len("backbone."):]: np.asarray(v) for k, v in flat.items() if k.startswith("backbone.")}
     bb = backbone_config(config).replace(dtype="float32")
-    return save_checkpoint(out, bb, backbone, extra={"source": "streamformer_jax.train",
+    path = save_checkpoint(out, bb, backbone, extra={"source": "streamformer_jax.train",
                                                      "step": int(jax.device_get(state["step"]))})
+    if trainer.tm.export is not None:  # e.g. the classifier head beside the backbone
+        trainer.tm.export(flat, path)
+    return path
 
 
 def _write_config(workdir: pathlib.Path, config) -> None:
@@ -233,7 +204,10 @@ class Setup:
         self.data = data_config(config, workdir)
         self.meta = read_metadata(task_directories(self.data))
         class_names = {t: list(m.get("class_names", [])) for t, m in self.meta.items()}
-        self.total_steps, warmup_steps = resolve_schedule(config, self.meta)
+        # An epoch counts the tasks this run trains on (the built-in dataset always holds all six).
+        weights = dict(self.data.task_weights)
+        in_run = {t: m for t, m in self.meta.items() if not weights or weights.get(t, 0) > 0}
+        self.total_steps, warmup_steps = resolve_schedule(config, in_run)
 
         # ---- 4. model and optimiser
         self.tm = build_task_model(config, class_names)
@@ -270,12 +244,17 @@ def train(config, workdir: str | pathlib.Path, *, stop_at: int | None = None,
     mesh, data, tm, trainer, ckpt = setup.mesh, setup.data, setup.tm, setup.trainer, setup.ckpt
     total_steps, writer_note, workdir = setup.total_steps, setup.note, setup.workdir
 
+    # SIGTERM -> all processes stop after the same step (see its doc). Made before the restore and the first step's
+    # compilation; it registers the latest checkpoint's step (>= the step restored) with JAX's preemption service.
+    preempt = distributed.Preemption(start_step=ckpt.latest_step() or 0)
+
     # ---- 5. restore or initialise
     step, state, data_state = setup.restore_or_init()
     _write_config(workdir, config)
     if step >= total_steps:
         writer_note(f"nothing to do: checkpoint step {step} >= total_steps {total_steps}")
         ckpt.close()
+        preempt.close()
         return {"step": step, "total_steps": total_steps, "stopped": "done", "losses": [], "state": state,
                 "trainer": trainer}
 
@@ -293,7 +272,6 @@ def train(config, workdir: str | pathlib.Path, *, stop_at: int | None = None,
     # ---- 6. loop
     writer = MetricWriter(workdir, total_steps=total_steps, start_step=step,
                           progress_bar=config.progress_bar and jax.process_index() == 0)
-    preempt = _Preemption()
     timer = StepTimer()
     acc = trainer.init_accumulator()
     micro_log: list[tuple[str, dict]] = []
@@ -340,7 +318,8 @@ def train(config, workdir: str | pathlib.Path, *, stop_at: int | None = None,
                 timer.tick()
             last = step >= total_steps
             do_log = step % config.log_every == 0 or last
-            stop_now = (stop_at is not None and step >= stop_at) or preempt.reached(step)
+            preempted = preempt.reached(step)  # every step, on every process (a collective in some modes)
+            stop_now = preempted or (stop_at is not None and step >= stop_at)
             will_save = last or stop_now or (step % ckpt.every_steps == 0)
             if do_log or will_save:
                 check(pending)
@@ -369,10 +348,10 @@ def train(config, workdir: str | pathlib.Path, *, stop_at: int | None = None,
             out = export_backbone(config, trainer, state, workdir / "export")
             writer.note(f"backbone exported to {out} (python -m streamformer_jax.extract --checkpoint {out} ...)")
     finally:
-        preempt.close()
         writer.close()
-        ckpt.close()
+        ckpt.close()  # waits for the (preemption) checkpoint to be committed
         it.close()
+        preempt.close()  # only now: a second SIGTERM during the final save must not kill the process
     return {"step": step, "total_steps": total_steps, "stopped": stopped, "losses": losses, "state": state,
             "trainer": trainer}
 

@@ -5,7 +5,8 @@ names (`layers.3.mlp.fc1.kernel`, as `streamformer_jax.models.params`), splits t
 groups by name, and rebuilds the module from flat arrays inside the jitted step (`ModelDef.merge`).
 
 Model kinds are registered by name (`config.model.kind`): "multitask" is the StreamFormer backbone with the
-multitask heads of `streamformer_jax.train.multitask`; tests register small stand-ins.
+multitask heads of `streamformer_jax.train.multitask`; "classifier" is the action-recognition finetuning model
+of `streamformer_jax.train.classifier`; tests register small stand-ins.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class TaskModel:
     prepare_batch: host-side hook run on each host batch before it is sharded (e.g. tokenise captions);
       it may add numpy arrays (this host's rows) and must leave fixed shapes per task.
     backbone: the backbone's architecture (for the FLOP count).
+    export: `export(flat, out_dir)` writes what evaluation needs beside the backbone checkpoint that the trainer
+      exports to `out_dir` (e.g. a classifier head); `flat` holds every parameter by dotted name.
     """
 
     model: nnx.Module
@@ -44,6 +47,7 @@ class TaskModel:
     backbone: StreamFormerConfig
     text: Any = None
     prepare_batch: Callable[[dict], dict] | None = None
+    export: Callable[[Mapping[str, Any], Any], None] | None = None
 
 
 _KINDS: dict[str, Callable[..., TaskModel]] = {}
@@ -58,6 +62,8 @@ def build_task_model(config, class_names: Mapping[str, list[str]]) -> TaskModel:
     kind = config.model.kind
     if kind not in _KINDS and kind == "multitask":
         from streamformer_jax.train import multitask_adapter  # noqa: F401  (registers "multitask")
+    if kind not in _KINDS and kind == "classifier":
+        from streamformer_jax.train import classifier  # noqa: F401  (registers "classifier")
     if kind not in _KINDS:
         raise ValueError(f"unknown model kind {kind!r}; registered: {sorted(_KINDS)}")
     return _KINDS[kind](config, class_names)
