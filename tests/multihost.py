@@ -23,6 +23,14 @@ def run_two_hosts(script_path, extra_args, timeout: float, env: dict | None = No
     port = str(free_port())
     procs = [subprocess.Popen([sys.executable, str(script_path), port, str(i), *map(str, extra_args)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = wait_all(procs, timeout, "multi-process run")
+    for i, out in enumerate(outs):
+        assert f"HOST_OK {i}" in out, out[-3000:]
+    return outs
+
+
+def wait_all(procs, timeout: float, what: str) -> list[str]:
+    """Waits for every process (killing all of them on a timeout); each must exit 0. Returns their outputs."""
     outs = []
     for p in procs:
         try:
@@ -30,7 +38,7 @@ def run_two_hosts(script_path, extra_args, timeout: float, env: dict | None = No
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            pytest.fail("multi-process run timed out")
+            pytest.fail(f"{what} timed out")
     for i, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0 and f"HOST_OK {i}" in out, out[-3000:]
+        assert p.returncode == 0, f"{what}: process {i} exited with {p.returncode}:\n{out[-4000:]}"
     return outs

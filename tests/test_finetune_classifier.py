@@ -13,7 +13,7 @@ from streamformer_jax.models.config import tiny
 from streamformer_jax.models.streamformer import normalize_pixels
 from streamformer_jax.train import augment
 from streamformer_jax.train import classifier as CL
-from test_train_support import load_config
+from test_train_support import load_config, set_overrides
 
 CFG = tiny(num_layers=1, lora_rank=4)  # one layer: compile time dominates on CPU
 NUM_CLASSES = 5
@@ -42,13 +42,7 @@ def _video(seed, b=4):
 def _finetune_config(**overrides):
     config = load_config("finetune_k400", "tiny")
     config.model.overrides.num_layers = 1
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return set_overrides(config, overrides)
 
 
 @pytest.mark.parametrize("pooling", ["mean", "official_bug"])

@@ -8,12 +8,13 @@ import importlib.util
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import ml_collections
 import pytest
+
+from multihost import free_port, wait_all
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -48,6 +49,11 @@ def tiny_config(builtin_dir: str, jax_cache: str, tasks=("kinetics",), **overrid
     config.accum_steps = len(tasks)
     config.progress_bar = False
     config.checkpoint.async_save = True
+    return set_overrides(config, overrides)
+
+
+def set_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+    """`{"checkpoint.every_steps": 2, ...}` -> set, like --config.checkpoint.every_steps=2."""
     for key, value in overrides.items():
         node = config
         *parents, leaf = key.split(".")
@@ -60,12 +66,6 @@ def tiny_config(builtin_dir: str, jax_cache: str, tasks=("kinetics",), **overrid
 def read_metrics(workdir) -> list[dict]:
     path = pathlib.Path(workdir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def subprocess_env(devices: int, **extra) -> dict:
@@ -93,14 +93,4 @@ def run_cli_two_processes(args, *, timeout: float = 300, env=None, script=None) 
                            **envs[i])
         procs.append(subprocess.Popen([*command, *map(str, args)], env=e, cwd=REPO, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=timeout)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("two-process training timed out")
-    for i, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{out[-4000:]}"
-    return outs
+    return wait_all(procs, timeout, "two-process training")
