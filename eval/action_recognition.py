@@ -278,14 +278,12 @@ def ours_to_ar_checkpoint(params: Mapping[str, np.ndarray], head: Mapping, confi
 
 def save_ar_checkpoint(path, config, params: Mapping[str, np.ndarray], head: Mapping) -> pathlib.Path:
     """Write `{"model": AR state dict}` (what `load_ar_checkpoint` and the original AR code read). Needs torch."""
-    from streamformer_jax.convert.torch_io import require_torch
+    from streamformer_jax.convert.torch_io import require_torch, save_model_state
 
     torch = require_torch()
     state = {k: torch.from_numpy(v) for k, v in ours_to_ar_checkpoint(params, head, config).items()}
     path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": state}, tmp)
-    os.replace(tmp, path)
+    save_model_state(path, state)
     return path
 
 

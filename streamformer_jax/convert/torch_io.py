@@ -92,7 +92,13 @@ def save_pth(path: str | os.PathLike, backbone: Mapping[str, np.ndarray], extras
         state = {k: tensors[k] for k in order}
     else:
         state = tensors
+    save_model_state(path, state)
+    return len(state)
+
+
+def save_model_state(path: str | os.PathLike, state: Mapping[str, object]) -> None:
+    """`torch.save({"model": state}, path)`, atomically (written to `path.tmp`, then renamed)."""
+    torch = require_torch()
     tmp = f"{path}.tmp"
     torch.save({"model": state}, tmp)
     os.replace(tmp, path)
-    return len(state)

@@ -182,7 +182,7 @@ def build(config, class_names: Mapping[str, list[str]]) -> TaskModel:
     backbone = load_backbone(config.model.init, want, seed=int(config.seed))
     model = VideoClassifier(backbone.config, num_classes, pooling=c.pooling, rngs=int(config.seed),
                             backbone=backbone)
-    flat_names = [".".join(str(x) for x in p) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+    flat_names = list(multitask.multitask_flat_params(model))  # dotted names of any module's parameters
     if config.model.trainable == "original":
         trainable = multitask.trainable_mask(flat_names)
     elif config.model.trainable == "all":

@@ -11,6 +11,7 @@ of `streamformer_jax.train.classifier`; tests register small stand-ins.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 from typing import Any, Callable, Mapping
 
@@ -51,6 +52,9 @@ class TaskModel:
 
 
 _KINDS: dict[str, Callable[..., TaskModel]] = {}
+# The project's own kinds, imported on first use (they pull in heavier modules: the text tower, eval).
+_BUILTIN_KIND_MODULES = {"multitask": "streamformer_jax.train.multitask_adapter",
+                         "classifier": "streamformer_jax.train.classifier"}
 
 
 def register_model_kind(name: str, builder: Callable[..., TaskModel]) -> None:
@@ -60,10 +64,8 @@ def register_model_kind(name: str, builder: Callable[..., TaskModel]) -> None:
 
 def build_task_model(config, class_names: Mapping[str, list[str]]) -> TaskModel:
     kind = config.model.kind
-    if kind not in _KINDS and kind == "multitask":
-        from streamformer_jax.train import multitask_adapter  # noqa: F401  (registers "multitask")
-    if kind not in _KINDS and kind == "classifier":
-        from streamformer_jax.train import classifier  # noqa: F401  (registers "classifier")
+    if kind not in _KINDS and kind in _BUILTIN_KIND_MODULES:
+        importlib.import_module(_BUILTIN_KIND_MODULES[kind])  # registers the kind
     if kind not in _KINDS:
         raise ValueError(f"unknown model kind {kind!r}; registered: {sorted(_KINDS)}")
     return _KINDS[kind](config, class_names)
