@@ -157,6 +157,7 @@ class VideoReader:
         self._array = None
         self._used = False
         self._last_time = None
+        self.truncated = False  # set when iteration ends with a TruncatedVideoWarning
         if not self.path.exists():
             raise VideoReadError(self.path, "no such file")
         if self.path.is_dir():
@@ -263,6 +264,7 @@ class VideoReader:
         if complete and self.kind == "video" and self.duration > 0 and self._last_time is not None:
             end = self._last_time + (1.0 / self.source_fps if self.source_fps else 0.0)
             if end < MIN_COVERAGE * self.duration:
+                self.truncated = True
                 warnings.warn(f"{self.path}: decoded frames end at {end:.2f} s but the file announces "
                               f"{self.duration:.2f} s; it may be truncated", TruncatedVideoWarning,
                               stacklevel=2)

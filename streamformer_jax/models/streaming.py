@@ -7,6 +7,21 @@ row min(t, F-1). For t < F and W = F this is exactly the official clip forward; 
 raises, while here memory and time per frame stay constant, with one compiled step.
 
 Spatial attention, the MLP, the final norm and the MAP head are per frame, so nothing else is cached.
+
+The cache has B independent slots (one stream each): every slot has its own frame counter, its own ring
+position and its own record of which ring entries hold which frame, so streams that start, stop and restart
+at different times can share one device call (`pool_step`; continuous batching). A slot left out of a call
+(`active` False) keeps its cache and counter unchanged; a slot marked `reset` starts a new stream at frame 0
+(its old entries are masked out, never attended to). `stream_step` is the lock-step case: every slot active.
+
+Batch invariance. Batched, the slots' frames go through each matmul together, and XLA picks its kernels (and
+so the float32 rounding) by matrix size and by where a row falls in the matrix: a stream's outputs then agree
+with a single stream's to float32 rounding only (a few 1e-6 on the official fixtures), and depend in the last
+bits on how many and which other streams share the call. `batch_invariant=True` runs the slots one after
+another inside the same compiled step, each exactly as a one-slot step: every stream's outputs are then
+bit-for-bit those of a single stream, whatever shares the call. It gives up the larger matmuls of the batched
+form (on CPU a single frame's matmuls are already large enough that this costs little; on accelerators,
+batched is the faster form).
 """
 from __future__ import annotations
 
@@ -21,14 +36,14 @@ from streamformer_jax.models.streamformer import StreamFormer
 
 
 class StreamCache(NamedTuple):
-    keys: jax.Array  # [L, B, W, N, H, d]: temporal keys per layer, slot = frame index mod W
+    keys: jax.Array  # [L, B, W, N, H, d]: temporal keys per layer, ring entry = frame index mod W
     values: jax.Array  # [L, B, W, N, H, d]
-    slot_frame: jax.Array  # int32 [W]: absolute frame index held by each slot, -1 when empty
-    next_frame: jax.Array  # int32 []: absolute index of the next frame to arrive
+    slot_frame: jax.Array  # int32 [B, W]: absolute frame index held by each ring entry, -1 when empty
+    next_frame: jax.Array  # int32 [B]: absolute index of each stream's next frame
 
     @property
     def window(self) -> int:
-        return self.slot_frame.shape[0]
+        return self.slot_frame.shape[-1]
 
 
 def init_cache(model: StreamFormer, batch: int, window: int | None, height: int, width: int) -> StreamCache:
@@ -38,32 +53,97 @@ def init_cache(model: StreamFormer, batch: int, window: int | None, height: int,
     window = cfg.num_frames if window is None else int(window)
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
+    if batch < 1:
+        raise ValueError(f"the cache needs at least one slot, got {batch}")
     gh, gw = model.embeddings.patch_grid(height, width)
     shape = (cfg.num_layers, batch, window, gh * gw, cfg.num_heads, cfg.head_dim)
     # Two distinct buffers: the step donates the cache, and one buffer cannot be donated twice.
     return StreamCache(jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype),
-                       jnp.full((window,), -1, jnp.int32), jnp.zeros((), jnp.int32))
+                       jnp.full((batch, window), -1, jnp.int32), jnp.zeros((batch,), jnp.int32))
 
 
-def stream_step(model: StreamFormer, cache: StreamCache, pixels: jax.Array) -> tuple[dict, StreamCache]:
-    """One frame for every stream in the batch: pixels [B, H, W, C] (normalised) -> per-frame outputs.
+def _write_entries(buf: jax.Array, layer: int, ring_pos: jax.Array, new: jax.Array, active: jax.Array):
+    """buf[layer, b, ring_pos[b]] = new[b] for the active slots b, in place (the cache is donated).
 
-    Returns ({"pooler_output": [B, D], "last_hidden_state": [B, N, D]}, updated cache).
+    One dynamic_update_slice per slot (B is static and small): XLA:CPU runs these in place, where a scatter
+    over the slot axis is a generic element loop. An inactive slot writes back what its entry already holds.
     """
+    new = new.astype(buf.dtype)
+    for b in range(buf.shape[1]):
+        start = (layer, b, ring_pos[b], 0, 0, 0)
+        old = jax.lax.dynamic_slice(buf, start, (1, 1, 1) + buf.shape[3:])
+        row = jnp.where(active[b], new[b][None, None, None], old)
+        buf = jax.lax.dynamic_update_slice(buf, row, start)
+    return buf
+
+
+def pool_step(model: StreamFormer, cache: StreamCache, pixels: jax.Array, active: jax.Array, reset: jax.Array,
+              with_tokens: bool = True, batch_invariant: bool = False) -> tuple[dict, StreamCache]:
+    """One frame for each active slot: pixels [B, H, W, C] (normalised; rows of inactive slots are ignored).
+
+    active: bool [B], the slots that receive a frame; reset: bool [B], slots that start a new stream with this
+    call (frame 0; applied before the frame, whether or not the slot is active).
+    batch_invariant: run the slots one by one (bit-for-bit single-stream results; see the module doc).
+    Returns ({"pooler_output": [B, D], "last_hidden_state": [B, N, D]}, updated cache); the rows of inactive
+    slots are meaningless.
+    """
+    if batch_invariant and cache.keys.shape[1] > 1:
+        return _pool_step_per_slot(model, cache, pixels, active, reset, with_tokens)
     cfg = model.config
-    t = cache.next_frame
     window = cache.window
-    slot = t % window
-    h = model.embeddings(pixels[:, None], stream_time_ids(t[None], cfg.num_frames), cfg.compute_dtype)
-    slot_frame = cache.slot_frame.at[slot].set(t)
-    mask = temporal_mask(t[None], slot_frame, causal=True, window=window)  # [1, W]
+    t = jnp.where(reset, 0, cache.next_frame)  # [B]: each slot's absolute frame index
+    slot_frame = jnp.where(reset[:, None], -1, cache.slot_frame)
+    ring_pos = t % window
+    written = jnp.where(active[:, None] & (jnp.arange(window)[None] == ring_pos[:, None]), t[:, None], slot_frame)
+    # Per-slot time rows: embed the slots as the frames of one clip (patch embedding is per frame).
+    h = model.embeddings(pixels[None], stream_time_ids(t, cfg.num_frames), cfg.compute_dtype)
+    h = jnp.swapaxes(h, 0, 1)  # [B, 1, N, D]
+    # [B, 1 (query), W] -> broadcast over the logits [B, N, H, 1, W].
+    mask = jax.vmap(lambda q, k: temporal_mask(q[None], k, causal=True, window=window))(t, written)
+    mask = mask[:, None, None]
     keys, values = cache.keys, cache.values
     for layer, block in enumerate(model.layers):
         q, k, v = block.temporal_qkv(h)  # [B, 1, N, H, d]
-        keys = keys.at[layer, :, slot].set(k[:, 0].astype(keys.dtype))
-        values = values.at[layer, :, slot].set(v[:, 0].astype(values.dtype))
+        keys = _write_entries(keys, layer, ring_pos, k[:, 0], active)
+        values = _write_entries(values, layer, ring_pos, v[:, 0], active)
         attended = temporal_attention(q, keys[layer], values[layer], block.temporal_attention.scale, mask)
         h = block.spatial_and_mlp(block.temporal_residual(h, attended))
     out = model.finalize(h)
-    out = {k: v[:, 0] for k, v in out.items()}
-    return out, StreamCache(keys, values, slot_frame, t + 1)
+    out = {k: v[:, 0] for k, v in out.items() if with_tokens or k == "pooler_output"}
+    return out, StreamCache(keys, values, written, jnp.where(active, t + 1, t))
+
+
+def _pool_step_per_slot(model, cache: StreamCache, pixels, active, reset, with_tokens):
+    """`pool_step` one slot at a time (a loop inside the compiled step): each slot sees exactly the one-slot
+    computation. The cache is updated in place (the step donates it); a slot's view is copied out and back."""
+    slots = cache.keys.shape[1]
+
+    def take(x, b, axis):
+        return jax.lax.dynamic_slice_in_dim(x, b, 1, axis)
+
+    def put(x, y, b, axis):
+        return jax.lax.dynamic_update_slice_in_dim(x, y.astype(x.dtype), b, axis)
+
+    def one_slot(b, keys, values, slot_frame, next_frame):
+        view = StreamCache(take(keys, b, 1), take(values, b, 1), take(slot_frame, b, 0), take(next_frame, b, 0))
+        return pool_step(model, view, take(pixels, b, 0), take(active, b, 0), take(reset, b, 0), with_tokens)
+
+    def body(b, carry):
+        keys, values, slot_frame, next_frame, outs = carry
+        out, view = one_slot(b, keys, values, slot_frame, next_frame)
+        return (put(keys, view.keys, b, 1), put(values, view.values, b, 1), put(slot_frame, view.slot_frame, b, 0),
+                put(next_frame, view.next_frame, b, 0), {k: put(outs[k], out[k], b, 0) for k in outs})
+
+    shapes = jax.eval_shape(lambda: one_slot(0, *cache)[0])
+    outs = {k: jnp.zeros((slots, *v.shape[1:]), v.dtype) for k, v in shapes.items()}
+    keys, values, slot_frame, next_frame, outs = jax.lax.fori_loop(0, slots, body, (*cache, outs))
+    return outs, StreamCache(keys, values, slot_frame, next_frame)
+
+
+def stream_step(model: StreamFormer, cache: StreamCache, pixels: jax.Array) -> tuple[dict, StreamCache]:
+    """One frame for every stream in the batch (lock-step): pixels [B, H, W, C] (normalised).
+
+    Returns ({"pooler_output": [B, D], "last_hidden_state": [B, N, D]}, updated cache).
+    """
+    batch = pixels.shape[0]
+    return pool_step(model, cache, pixels, jnp.ones((batch,), bool), jnp.zeros((batch,), bool))
