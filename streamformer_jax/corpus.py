@@ -2,7 +2,7 @@
 
     python -m streamformer_jax.extract --checkpoint CKPT --videos 'data/k400/**/*.mp4' --out-dir feats \\
         [--mode stream|clip] [--window W] [--fps F] [--slots 8] [--workers 4] [--dtype float32|bfloat16] \\
-        [--shard I/N] [--no-tokens]
+        [--shard I/N] [--no-tokens] [--batched]
 
 Python:
     from streamformer_jax.corpus import extract_corpus, list_videos
@@ -22,11 +22,14 @@ and listed with the reason in `DIR/report.json`; the run goes on.
 
 Scheduling: a stream pool (`StreamPool`) of `--slots` slots runs the videos; when a video ends, its slot takes
 the next one in the list, so short and long videos share device calls without waiting for each other. Clip mode
-batches one clip of `--window` frames per slot per call in the same way. Videos are decoded ahead, in `--workers`
-background threads (PyAV releases the GIL while decoding), so decoding overlaps the model. A video's features
-depend only on its own frames: within a pool size they are bit-for-bit the same whatever the video shares its
-calls with, the shard or worker count, or the order the videos arrive in; between pool sizes they agree to
-float32 rounding (XLA picks its matmul kernels by matrix size).
+takes one clip of `--window` frames per slot per step in the same way. Videos are decoded ahead, in `--workers`
+background threads (PyAV releases the GIL while decoding), so decoding overlaps the model.
+
+Reproducibility: by default the pool is batch-invariant (each slot computed exactly as a lone stream), so a
+video's archive is byte-for-byte the single-video form's, whatever the slot count, shard count or worker count,
+whatever it shares its calls with, and across a killed and resumed run. `--batched` runs the slots as one
+batched forward instead (the faster form on accelerators); features then agree to float32 rounding (XLA picks
+matmul kernels by matrix size), not bit for bit.
 
 Several processes: `--shard I/N` takes the videos at positions I, I+N, I+2N, ... of the list (a SLURM array);
 under `jax.distributed` (a TPU pod, a multi-task SLURM step) the default share is the process index out of the
@@ -262,7 +265,7 @@ class _Run:
     """The scheduling loop: slots filled from the queue of videos, one batched device call per step."""
 
     def __init__(self, fx, opts: Options, queue: list[_Video], slots: int, workers: int, progress: bool,
-                 devices, desc: str):
+                 batch_invariant: bool, devices, desc: str):
         from tqdm.auto import tqdm
 
         self.fx, self.opts, self.slots = fx, opts, slots
@@ -273,7 +276,7 @@ class _Run:
         self.submitted: collections.deque[_Video] = collections.deque()  # decoding ahead, not in a slot yet
         self.live: dict[int, _Video] = {}  # slot -> video
         self.extracted, self.failed, self.truncated = [], [], []
-        self.devices = devices
+        self.batch_invariant, self.devices = batch_invariant, devices
         self.videos_bar = tqdm(total=len(queue), unit="video", desc=desc, disable=not progress, file=sys.stderr,
                                dynamic_ncols=True, position=0)
         self.frames_bar = tqdm(unit="frame", desc="frames", disable=not progress, file=sys.stderr,
@@ -341,7 +344,7 @@ class _Run:
 
     def _run_stream(self) -> None:
         pool = self.fx.stream_pool(self.slots, self.window, return_tokens=self.opts.return_tokens,
-                                   devices=self.devices)
+                                   batch_invariant=self.batch_invariant, devices=self.devices)
         while True:
             frames, times = {}, {}
             for slot in range(self.slots):
@@ -373,11 +376,14 @@ class _Run:
             self.frames_bar.update(len(frames))
 
     def _run_clips(self) -> None:
-        """One clip of up to W frames per slot per call ([B, W, S, S, 3]); a short last clip is padded at the end
-        when that cannot change its frames' features (causal attention, W within the time table), else run alone."""
+        """Up to W frames per slot per step. Batch-invariant: each clip is its own forward, exactly as the
+        single-video form runs it. Batched: one [B, W, S, S, 3] forward per step; a short last clip is padded at
+        the end where that cannot change its frames' features (causal attention, W within the time table),
+        else it runs alone."""
         cfg, w = self.fx.config, self.window
         size = cfg.image_size
         pad_ok = cfg.causal_temporal and w <= cfg.num_frames
+        tokens = self.opts.return_tokens
         while True:
             clips, times = {}, {}
             for slot in range(self.slots):
@@ -388,45 +394,44 @@ class _Run:
                         if video is None:
                             break
                         self.live[slot] = video
-                    ts, fs, ended = [], [], False
+                    ts, fs, item = [], [], None
                     while len(fs) < w:
                         item = self._next_frame(video)
-                        if item is None:
-                            break
-                        if item is END:
-                            ended = True
+                        if item is None or item is END:
                             break
                         ts.append(item[0])
                         fs.append(item[1])
                     if item is None:  # failed (reported)
                         del self.live[slot]
                         continue
-                    if fs:
-                        clips[slot], times[slot] = np.stack(fs), ts
-                    video.ended = ended
+                    video.ended = item is END
                     if not fs:
                         self._finish(video)
                         del self.live[slot]
                         continue
+                    clips[slot], times[slot] = np.stack(fs), ts
                     break
             if not clips:
                 return
-            batch = np.zeros((self.slots, w, size, size, cfg.num_channels), np.uint8)
-            alone = {}
-            for slot, clip in clips.items():
-                if len(clip) == w or pad_ok:
-                    batch[slot, :len(clip)] = clip
-                else:
-                    alone[slot] = self.fx(clip, return_tokens=self.opts.return_tokens)
-            out = self.fx(batch, return_tokens=self.opts.return_tokens) if len(alone) < len(clips) else {}
+            if self.batch_invariant:
+                results = {slot: self.fx(clip, return_tokens=tokens) for slot, clip in clips.items()}
+            else:
+                batch = np.zeros((self.slots, w, size, size, cfg.num_channels), np.uint8)
+                results = {}
+                for slot, clip in clips.items():
+                    if len(clip) == w or pad_ok:
+                        batch[slot, :len(clip)] = clip
+                    else:
+                        results[slot] = self.fx(clip, return_tokens=tokens)
+                if len(results) < len(clips):
+                    out = self.fx(batch, return_tokens=tokens)
+                    results.update({slot: {k: v[slot] for k, v in out.items()} for slot in clips if slot not in results})
             for slot, ts in times.items():
-                res = alone[slot] if slot in alone else {k: v[slot] for k, v in out.items()}
-                video = self.live[slot]
+                res, video = results[slot], self.live[slot]
                 if video.out is None:
                     video.out = _Output(video.target)
                 for i, t in enumerate(ts):
-                    tokens = res["last_hidden_state"][i] if self.opts.return_tokens else None
-                    video.out.add(t, res["pooler_output"][i], tokens)
+                    video.out.add(t, res["pooler_output"][i], res["last_hidden_state"][i] if tokens else None)
                 if video.ended:
                     self._finish(video)
                     del self.live[slot]
@@ -437,13 +442,15 @@ def extract_corpus(checkpoint_or_extractor, videos: Sequence, out_dir, *, root=N
                    window: int | None = None, fps: float | None = None, npy_fps: float = 1.0,
                    max_frames: int | None = None, return_tokens: bool = True, dtype: str | None = None,
                    compress: bool = False, slots: int = 8, workers: int = 4, shard: tuple[int, int] | None = None,
-                   devices=None, progress: bool = True) -> dict:
+                   batch_invariant: bool = True, devices=None, progress: bool = True) -> dict:
     """Extract this share of `videos` into `out_dir` (see the module doc). Returns the summary:
     {"extracted": [...], "skipped": n, "failed": [{"path", "reason"}], "truncated": [...], "report": path,
     "seconds": s, "frames": n}.
 
     root: the directory output names are taken relative to (default: the deepest common directory).
     shard: (index, count); default: (jax.process_index(), jax.process_count()).
+    batch_invariant: False runs the slots as one batched forward (faster on accelerators; features then agree
+        with the single-video form to float32 rounding instead of bit for bit).
     devices: split the pool's slots over these devices (e.g. jax.local_devices()); default one device.
     Raises ExtractError for unusable options (bad checkpoint, clashing names, other options in out_dir).
     """
@@ -472,7 +479,7 @@ def extract_corpus(checkpoint_or_extractor, videos: Sequence, out_dir, *, root=N
     _remove_stale_temporaries(out_dir, {v.target for v in mine})
     todo = [v for v in mine if not v.target.exists()]
     start = time.perf_counter()
-    run = _Run(fx, opts, todo, int(slots), int(workers), progress, devices,
+    run = _Run(fx, opts, todo, int(slots), int(workers), progress, batch_invariant, devices,
                desc="videos" if count == 1 else f"videos (shard {index}/{count})")
     run.run()
     summary = {"extracted": run.extracted, "skipped": len(mine) - len(todo), "failed": run.failed,

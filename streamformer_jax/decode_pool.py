@@ -154,6 +154,8 @@ class DecodePool:
 
     @staticmethod
     def _close_reader(job: DecodeJob) -> None:
-        if job.reader is not None and hasattr(job.reader, "close"):
-            job.reader.close()
-        job.iterator = None if job.done or job.dropped else job.iterator
+        """Closes the reader once (after its end, its error, or a drop); the caller holds the lock or the job."""
+        if job.reader is not None:
+            if hasattr(job.reader, "close"):
+                job.reader.close()
+            job.reader, job.iterator = None, None

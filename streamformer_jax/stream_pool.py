@@ -5,15 +5,18 @@
     out = pool.push({"cam0": f0, "cam1": f1})   # any subset of the open streams, uint8 [H, W, 3] each
     out["cam0"]["pooler_output"]                # float32 [D]; "last_hidden_state" [P, D]
     pool.close("cam0"); pool.open("cam2")       # cam2 takes the freed slot, starting at its frame 0
+    pool.open("cam1")                           # reopening an open stream restarts it at frame 0
 
 Each stream has its own frame counter (time-embedding row min(t, F-1)), its own ring-buffer position and its own
-record of which cached frames it may attend to, so a stream's outputs are those of a single stream fed the same
-frames (`FeatureExtractor.stream`), whatever else shares its calls: streams that are not pushed in a call keep
-their cache and counter unchanged, and a fresh stream never sees what an earlier occupant of its slot left
-behind. Every push runs the same compiled step (one compilation per pool size and frame size), however streams
-come and go. Within a pool the result for a stream is bit-for-bit independent of its slot and of the other
-streams; against a pool of another size (a one-slot `stream()` included) it agrees to float32 rounding, because
-XLA picks its matmul kernels by matrix size.
+record of which cached frames it may attend to: streams that are not pushed in a call keep their cache and
+counter unchanged, and a fresh stream never sees what an earlier occupant of its slot left behind. Every push runs
+the same compiled step (one compilation per pool size and frame size), however streams come and go.
+
+By default (`batch_invariant=True`) the step runs the slots one after another, each exactly as a one-slot step:
+a stream's outputs are bit-for-bit those of `FeatureExtractor.stream()` fed the same frames, whatever else shares
+its calls. `batch_invariant=False` runs all slots through each matmul together, the faster form where one frame
+underfills the device (accelerators); the outputs then agree with a single stream's to float32 rounding (a few
+1e-6 on the official fixtures), because XLA picks its matmul kernels by matrix size and row position.
 
 A bad frame (wrong dtype or shape), or a frame for a stream that is not open, is rejected with a
 `StreamFrameError` naming the stream; the other streams of the same call are processed all the same and their
