@@ -276,6 +276,7 @@ class _Run:
         self.submitted: collections.deque[_Video] = collections.deque()  # decoding ahead, not in a slot yet
         self.live: dict[int, _Video] = {}  # slot -> video
         self.extracted, self.failed, self.truncated = [], [], []
+        self.frames = 0  # frames through the model (the bar does not count when disabled)
         self.batch_invariant, self.devices = batch_invariant, devices
         self.videos_bar = tqdm(total=len(queue), unit="video", desc=desc, disable=not progress, file=sys.stderr,
                                dynamic_ncols=True, position=0)
@@ -373,6 +374,7 @@ class _Run:
                 if video.out is None:
                     video.out = _Output(video.target)
                 video.out.add(times[slot], out["pooler_output"], out.get("last_hidden_state"))
+            self.frames += len(frames)
             self.frames_bar.update(len(frames))
 
     def _run_clips(self) -> None:
@@ -435,7 +437,9 @@ class _Run:
                 if video.ended:
                     self._finish(video)
                     del self.live[slot]
-            self.frames_bar.update(sum(len(ts) for ts in times.values()))
+            done = sum(len(ts) for ts in times.values())
+            self.frames += done
+            self.frames_bar.update(done)
 
 
 def extract_corpus(checkpoint_or_extractor, videos: Sequence, out_dir, *, root=None, mode: str = "stream",
@@ -487,4 +491,4 @@ def extract_corpus(checkpoint_or_extractor, videos: Sequence, out_dir, *, root=N
     report = _write_report(out_dir, (index, count), len(videos),
                            {**summary, "extracted": len(run.extracted)})
     return {**summary, "report": report, "seconds": time.perf_counter() - start,
-            "frames": run.frames_bar.n}
+            "frames": run.frames}

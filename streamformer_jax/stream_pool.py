@@ -168,8 +168,9 @@ class StreamPool:
             batch[slot] = frame
             active[slot] = True
         pixels = batch if self._frames_sharding is None else jax.device_put(batch, self._frames_sharding)
+        invariant = self.batch_invariant and self.slots > 1  # one slot: the same computation either way
         out, self._cache = self._step_fn(self._state, self._cache, pixels, active, self._reset, self.return_tokens,
-                                         self.batch_invariant)
+                                         invariant)
         self._reset = np.zeros(self.slots, bool)
         self._frames_seen[active] += 1
         host = {k: np.asarray(v) for k, v in out.items()}  # one copy per output, then slice on the host
