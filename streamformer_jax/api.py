@@ -62,17 +62,25 @@ class FeatureExtractor:
             out = nnx.merge(self._graphdef, state)(normalize_pixels(frames))
             return out if with_tokens else {"pooler_output": out["pooler_output"]}
 
-        def step(state, cache, frames):
-            return streaming.stream_step(nnx.merge(self._graphdef, state), cache, normalize_pixels(frames))
+        def step(state, folds, cache, frames):
+            return streaming.stream_step(nnx.merge(self._graphdef, state), cache, normalize_pixels(frames), folds)
 
-        def pool_step(state, cache, frames, active, reset, with_tokens, batch_invariant):
+        def pool_step(state, folds, cache, frames, active, reset, with_tokens, batch_invariant):
             return streaming.pool_step(nnx.merge(self._graphdef, state), cache, normalize_pixels(frames), active,
-                                       reset, with_tokens, batch_invariant)
+                                       reset, with_tokens, batch_invariant, folds)
 
         self._clip = jax.jit(clip, static_argnums=2)
-        self._step = jax.jit(step, donate_argnums=1)
+        self._step = jax.jit(step, donate_argnums=2)
         self._pool_fn = pool_step  # unjitted: a pool over several devices wraps it in shard_map
-        self._pool_step = jax.jit(pool_step, donate_argnums=1, static_argnums=(5, 6))
+        self._pool_step = jax.jit(pool_step, donate_argnums=2, static_argnums=(6, 7))
+        self._folds = None
+
+    @property
+    def temporal_folds(self):
+        """Each layer's folded temporal output map, computed once (see `streaming.temporal_folds`)."""
+        if self._folds is None:
+            self._folds = jax.jit(lambda s: streaming.temporal_folds(nnx.merge(self._graphdef, s)))(self._state)
+        return self._folds
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, dtype: str | None = None) -> "FeatureExtractor":
@@ -156,6 +164,6 @@ class FeatureStream:
         elif batch.shape != self._shape or batched != self._batched:
             raise ValueError(f"frame shape {frame.shape} differs from the stream's first frame "
                              f"{self._shape if self._batched else self._shape[1:]}; call reset() to start anew")
-        out, self._cache = self._fx._step(self._fx._state, self._cache, jnp.asarray(batch))
+        out, self._cache = self._fx._step(self._fx._state, self._fx.temporal_folds, self._cache, jnp.asarray(batch))
         return {k: _to_host(v, batched)
                 for k, v in out.items()}

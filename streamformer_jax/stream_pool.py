@@ -70,7 +70,8 @@ class StreamPool:
         self._frames_seen = np.zeros(self.slots, np.int64)
         self._reset = np.zeros(self.slots, bool)  # slots opened since the last step: start at frame 0
         cache = streaming.init_cache(extractor.model, self.slots, self.window, height, width)
-        self._state, self._cache, self._frames_sharding = extractor._state, cache, None
+        self._state, self._folds = extractor._state, extractor.temporal_folds
+        self._cache, self._frames_sharding = cache, None
         self._step_fn = extractor._pool_step  # shared by every one-device pool: one compilation per pool size
         if devices is not None and len(devices) > 1:
             self._place(list(devices))
@@ -83,18 +84,19 @@ class StreamPool:
         mesh = Mesh(np.asarray(devices), ("slots",))
         spec = lambda ndim, axis: PartitionSpec(*([None] * axis), "slots", *([None] * (ndim - axis - 1)))
         cache_specs = streaming.StreamCache(spec(6, 1), spec(6, 1), spec(2, 0), spec(1, 0))
-        self._state = jax.device_put(self._state, NamedSharding(mesh, PartitionSpec()))
+        self._state, self._folds = jax.device_put((self._state, self._folds), NamedSharding(mesh, PartitionSpec()))
         self._cache = jax.device_put(self._cache, jax.tree.map(lambda p: NamedSharding(mesh, p), cache_specs))
         self._frames_sharding = NamedSharding(mesh, spec(4, 0))
         fn = self._fx._pool_fn
 
-        def local_step(state, cache, frames, active, reset, with_tokens, batch_invariant):
+        def local_step(state, folds, cache, frames, active, reset, with_tokens, batch_invariant):
             body = jax.shard_map(lambda *a: fn(*a, with_tokens, batch_invariant), mesh=mesh,
-                                 in_specs=(PartitionSpec(), cache_specs, spec(4, 0), spec(1, 0), spec(1, 0)),
+                                 in_specs=(PartitionSpec(), PartitionSpec(), cache_specs, spec(4, 0), spec(1, 0),
+                                           spec(1, 0)),
                                  out_specs=(PartitionSpec("slots"), cache_specs), check_vma=False)
-            return body(state, cache, frames, active, reset)
+            return body(state, folds, cache, frames, active, reset)
 
-        self._step_fn = jax.jit(local_step, donate_argnums=1, static_argnums=(5, 6))
+        self._step_fn = jax.jit(local_step, donate_argnums=2, static_argnums=(6, 7))
 
     # -- streams ----------------------------------------------------------------------------------------------
     @property
@@ -169,8 +171,8 @@ class StreamPool:
             active[slot] = True
         pixels = batch if self._frames_sharding is None else jax.device_put(batch, self._frames_sharding)
         invariant = self.batch_invariant and self.slots > 1  # one slot: the same computation either way
-        out, self._cache = self._step_fn(self._state, self._cache, pixels, active, self._reset, self.return_tokens,
-                                         invariant)
+        out, self._cache = self._step_fn(self._state, self._folds, self._cache, pixels, active, self._reset,
+                                         self.return_tokens, invariant)
         self._reset = np.zeros(self.slots, bool)
         self._frames_seen[active] += 1
         host = {k: np.asarray(v) for k, v in out.items()}  # one copy per output, then slice on the host
