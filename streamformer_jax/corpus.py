@@ -314,6 +314,9 @@ class _Run:
         self.videos_bar.update(1)
 
     def _finish(self, video: _Video) -> None:
+        if video.out is None:  # VideoReader raises for a source without frames; other readers might not
+            self._fail(video, VideoReadError(video.path, "no frame could be decoded"))
+            return
         video.out.commit(self.opts.compress)
         self.decoder.drop(video.job)
         self.extracted.append(str(video.path))
@@ -467,6 +470,8 @@ def extract_corpus(checkpoint_or_extractor, videos: Sequence, out_dir, *, root=N
     if devices is not None and int(slots) % len(devices):
         raise ExtractError(f"{slots} slots cannot be split evenly over {len(devices)} devices")
     videos = [pathlib.Path(os.path.abspath(v)) for v in videos]
+    if not videos:
+        raise ExtractError("no videos given")
     root = pathlib.Path(os.path.abspath(root)) if root is not None else pathlib.Path(
         os.path.commonpath([str(v.parent) for v in videos]))
     names = output_names(videos, root)

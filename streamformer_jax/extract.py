@@ -3,6 +3,9 @@
     python -m streamformer_jax.extract --checkpoint CKPT_DIR --video clip.mp4 --out feats.npz \\
         [--mode stream|clip] [--window W] [--fps 5] [--no-tokens] [--dtype float32|bfloat16] [--max-frames N]
 
+A whole corpus (`--videos DIR|GLOB|LIST --out-dir DIR`, one archive per video, resumable, sharded over
+processes) is described in `streamformer_jax.corpus`.
+
 `CKPT_DIR` is our checkpoint or an official Hugging Face directory (detected automatically). The video is
 decoded as a stream with PyAV (see `streamformer_jax.video` for the resize / crop / frame-rate / timestamp
 rules); an `.npy` input is a uint8 `[T, H, W, 3]` RGB array whose frame rate is `--npy-fps` (default 1, so its
