@@ -52,7 +52,7 @@ def parse_arg(arg: str | None, **defaults):
 def model_config(preset: str = "vit_b16", **overrides) -> ml_collections.ConfigDict:
     """Backbone architecture: a preset of `streamformer_jax.models.config` plus field overrides."""
     c = ml_collections.ConfigDict()
-    c.kind = "multitask"  # model + loss family (see streamformer_jax.train.model.register_model_kind)
+    c.kind = "multitask"  # model + loss family (see streamformer_jax.train.model_kinds.register_model_kind)
     c.preset = preset
     c.dtype = "bfloat16"  # matmul compute dtype; parameters (master weights) are always float32
     c.remat_policy = "none"  # "none" or a jax.checkpoint_policies name, e.g. "nothing_saveable"
@@ -180,7 +180,7 @@ def tiny_overrides(config: ml_collections.ConfigDict) -> None:
 
 
 def classifier_config(task: str) -> ml_collections.ConfigDict:
-    """The "classifier" model kind's head (streamformer_jax.train.classifier)."""
+    """The "classifier" model kind's head (streamformer_jax.train.classifier_kind)."""
     c = ml_collections.ConfigDict()
     c.task = task  # the task whose labels are classified (one of the data tasks)
     c.num_classes = 0  # 0 = the number of class names in the task's metadata.json
@@ -192,7 +192,7 @@ def classifier_config(task: str) -> ml_collections.ConfigDict:
 
 
 def augment_config() -> ml_collections.ConfigDict:
-    """Batch-level regularisation of the finetuning loss (spec §7.1; streamformer_jax.train.augment)."""
+    """Batch-level regularisation of the finetuning loss (spec §7.1; streamformer_jax.train.regularisation)."""
     c = ml_collections.ConfigDict()
     c.mixup = 0.8  # mixup alpha; 0 = off
     c.cutmix = 1.0  # cutmix alpha; 0 = off

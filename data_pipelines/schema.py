@@ -19,7 +19,7 @@ Common to every task (``Example`` feature key in brackets):
 field              type                                meaning
 =================  ==================================  =========================================================
 schema_version     int  [schema_version]               ``SCHEMA_VERSION`` of the writer.
-task               str  [task]                         one of ``TASKS``.
+task               str  [task]                         a registered task (``streamformer_jax.tasks``).
 video_id           str  [video/id]                     annotation id (e.g. relative path without suffix).
 dataset            str  [video/dataset]                sub-dataset (``MSRVTT``, ``HACS``, ``YoutubeVIS``...);
                                                        "" when the annotation has none.
@@ -38,7 +38,7 @@ duration           float [video/duration]              source duration in second
 
 ``len(frames) == len(frame_times) >= 1``. Frames are in presentation order, times strictly increasing.
 
-Task fields:
+Task fields (each task's `TaskSpec.record_fields` / `optional_record_fields` in `streamformer_jax.tasks`):
 
 * ``kinetics``, ``ssv2``: ``label`` int [label] (class index, line order of the class-names file).
 * ``retrieval``: ``captions`` list[str] [captions] (utf-8; all captions of the video, one is drawn per epoch).
@@ -66,18 +66,11 @@ from typing import Any, Sequence
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from streamformer_jax.tasks import registry
+
 SCHEMA_VERSION = 1
-TASKS = ("kinetics", "ssv2", "retrieval", "grounding", "localization", "vis")
-# Fields every task must provide, and the extra ones per task (used for validation on encode).
+# Fields every task must provide (a task's own fields are its `TaskSpec.record_fields`).
 COMMON_FIELDS = ("task", "video_id", "frames", "frame_times", "fps", "source_fps", "height", "width")
-TASK_FIELDS = {
-    "kinetics": ("label",),
-    "ssv2": ("label",),
-    "retrieval": ("captions",),
-    "grounding": ("captions", "windows"),
-    "localization": ("segments", "segment_labels"),
-    "vis": ("categories", "mask_rle_lengths", "mask_rle_counts"),
-}
 
 
 class SchemaError(ValueError):
@@ -149,11 +142,12 @@ _FLOAT_KINDS = ("float", "pairs")
 
 def _validate(ex: dict) -> None:
     task = ex.get("task")
-    if task not in TASKS:
-        raise SchemaError(f"task must be one of {TASKS}, got {task!r}")
-    missing = [k for k in COMMON_FIELDS + TASK_FIELDS[task] if k not in ex]
+    if task not in registry.names():
+        raise SchemaError(f"task must be one of {registry.names()}, got {task!r}")
+    spec = registry.get(task)
+    missing = [k for k in COMMON_FIELDS + spec.record_fields if k not in ex]
     if missing:
-        raise SchemaError(f"{task} example {ex.get('video_id')!r} lacks fields {missing}")
+        raise SchemaError(f"{spec.name} example {ex.get('video_id')!r} lacks fields {missing}")
     unknown = sorted(set(ex) - set(_FIELDS))
     if unknown:
         raise SchemaError(f"unknown fields {unknown}")
@@ -164,16 +158,8 @@ def _validate(ex: dict) -> None:
                           f"times shape {times.shape}")
     if n > 1 and not np.all(np.diff(times) > 0):
         raise SchemaError(f"{ex['video_id']!r}: frame_times must be strictly increasing")
-    if task == "grounding" and len(ex["captions"]) != len(np.reshape(ex["windows"], (-1, 2))):
-        raise SchemaError(f"{ex['video_id']!r}: one window per caption required")
-    if task == "localization" and len(np.reshape(ex["segments"], (-1, 2))) != len(ex["segment_labels"]):
-        raise SchemaError(f"{ex['video_id']!r}: one label per segment required")
-    if task == "vis":
-        n_inst = len(ex["categories"])
-        lengths = np.asarray(ex["mask_rle_lengths"], np.int64)
-        if lengths.shape != (n_inst * n,) or lengths.sum() != len(ex["mask_rle_counts"]):
-            raise SchemaError(f"{ex['video_id']!r}: mask_rle_lengths must have instances*frames entries "
-                              "summing to len(mask_rle_counts)")
+    if spec.check_record is not None:
+        spec.check_record(ex)
 
 
 def encode_record(example: dict) -> bytes:
@@ -239,15 +225,18 @@ def decode_record(data: bytes) -> dict[str, Any]:
     if version is None or version > SCHEMA_VERSION:
         raise SchemaError(f"record has schema_version {version}, this reader supports <= {SCHEMA_VERSION}")
     out.setdefault("dataset", "")
+    if out.get("task") not in registry.names():
+        return out  # a task this reader does not know: its fields as they are
+    spec = registry.get(out["task"])
     # Repeated fields that were empty are absent on the wire (proto3): restore them so readers see [0, 2] etc.
-    for name in TASK_FIELDS.get(out.get("task"), ()) + ("relevant_windows", "relevant_window_caption"):
+    for name in spec.fields:
         if name not in out:
             kind = _FIELDS[name][1]
             out[name] = (np.zeros((0, 2), np.float32) if kind == "pairs" else np.zeros((0,), np.int32)
                          if kind == "ints32" else np.zeros((0,), np.int64) if kind == "ints64" else [])
-    if out.get("task") != "grounding":
-        out.pop("relevant_windows", None)
-        out.pop("relevant_window_caption", None)
+    for other in registry.specs():  # another task's optional fields are not this record's
+        for name in set(other.optional_record_fields) - set(spec.fields):
+            out.pop(name, None)
     return out
 
 

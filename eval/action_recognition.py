@@ -12,14 +12,9 @@ Test protocol (spec §7.1, the original UMT/VideoMAE-style code):
     taken along the long side at int(j * (L - crop) / 2), j = 0, 1, 2.
   * The softmax of every view is averaged per video; top-1 / top-5 on the averaged scores.
 
-Pooling of one clip into a vector (`pooling`):
-  * "mean" (default): the per-frame MAP vectors (`pooler_output`) averaged over frames: correct per-frame pooling.
-  * "last": the last frame's MAP vector (it has seen the whole clip; the streaming "global" feature).
-  * "official_bug": the original AR model's pooling, needed to reproduce the released `k400.pt`/`ssv2.pt`
-    numbers: the post-LN tokens in the official order (patch-major, token n*T + t) are *viewed* as T groups of
-    N consecutive tokens (each group mixes ~N/T patch positions over all frames), the MAP head is applied per
-    group, and the T group vectors are averaged.
-The classifier head is the original's: `fc_norm` (LayerNorm, eps 1e-6) then `classifier` (Linear).
+Pooling of one clip into a vector ("mean", "last", "official_bug") and the original's classifier head
+(`fc_norm` then `classifier`) are `streamformer_jax.models.classifier`; the head and the original AR checkpoints
+are read and written by `streamformer_jax.convert.classifier_io`.
 
 Evaluation runs data-parallel over a device mesh (the batch axis split over every device) and over hosts
 (host h takes videos h, h + H, ...); the last batch is padded with blank views that are masked out of the
@@ -40,6 +35,9 @@ import sys
 from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from streamformer_jax.convert.classifier_io import load_ar_checkpoint, load_head, save_head
+from streamformer_jax.models.classifier import POOLINGS, head_logits, init_head, pool_clip
 
 # ------------------------------------------------------------------------------------------ annotation lists
 
@@ -176,121 +174,6 @@ def center_view(frames: np.ndarray, protocol: Protocol, crop: int) -> np.ndarray
 
 
 # ------------------------------------------------------------------------------------------- model functions
-
-POOLINGS = ("mean", "last", "official_bug")
-
-
-def official_bug_groups(tokens, num_groups: int | None = None):
-    """Our post-LN tokens [B, T, N, D] -> the groups the original AR model pools: [B, G, N*T/G, D].
-
-    The original holds [B, N*T, D] in token order n*T + t and calls `.view(B * config.num_frames, -1, D)`,
-    so (G = config.num_frames, = T for the usual 16-frame clips) group g holds the official tokens
-    g*M .. g*M + M - 1 with M = N*T/G, patch-major: a mix of patch positions over all frames.
-    """
-    import jax.numpy as jnp
-
-    b, t, n, d = tokens.shape
-    g = t if num_groups is None else int(num_groups)
-    if (n * t) % g:
-        raise ValueError(f"{n * t} tokens cannot be viewed as {g} groups (the original would raise)")
-    official = jnp.transpose(tokens, (0, 2, 1, 3)).reshape(b, n * t, d)  # token n*T + t
-    return official.reshape(b, g, n * t // g, d)
-
-
-def pool_clip(model, pixels, pooling: str = "mean"):
-    """Normalised pixels [B, T, H, W, 3] -> one vector per clip [B, D]."""
-    out = model(pixels)
-    if pooling == "mean":
-        return out["pooler_output"].mean(axis=1)
-    if pooling == "last":
-        return out["pooler_output"][:, -1]
-    if pooling == "official_bug":
-        groups = official_bug_groups(out["last_hidden_state"], model.config.num_frames)
-        return model.head(groups).mean(axis=1)
-    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-
-
-def init_head(dim: int, num_classes: int, seed: int = 0, std: float = 0.02) -> dict:
-    rng = np.random.default_rng(seed)
-    return {"fc_norm": {"scale": np.ones(dim, np.float32), "bias": np.zeros(dim, np.float32)},
-            "classifier": {"kernel": (rng.standard_normal((dim, num_classes)) * std).astype(np.float32),
-                           "bias": np.zeros(num_classes, np.float32)}}
-
-
-def head_logits(head: Mapping, feats, eps: float = 1e-6):
-    """The original classification head: LayerNorm (`fc_norm`) then Linear (`classifier`). [B, D] -> [B, C]."""
-    import jax.numpy as jnp
-
-    x = feats.astype(jnp.float32)
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    x = (x - mu) / jnp.sqrt(var + eps) * head["fc_norm"]["scale"] + head["fc_norm"]["bias"]
-    return x @ head["classifier"]["kernel"] + head["classifier"]["bias"]
-
-
-def head_from_state_dict(state: Mapping[str, np.ndarray]) -> dict:
-    """fc_norm / classifier of an original AR checkpoint (`k400.pt` / `ssv2.pt` model state, numpy)."""
-    state = _strip_module(state)
-    return {"fc_norm": {"scale": np.asarray(state["fc_norm.weight"], np.float32),
-                        "bias": np.asarray(state["fc_norm.bias"], np.float32)},
-            "classifier": {"kernel": np.asarray(state["classifier.weight"], np.float32).T.copy(),
-                           "bias": np.asarray(state["classifier.bias"], np.float32)}}
-
-
-def ar_checkpoint_to_ours(state: Mapping[str, np.ndarray], config) -> tuple[dict, dict]:
-    """An original AR model state dict -> (our backbone flat params, head). Keys may carry `module.`."""
-    from streamformer_jax.convert.keymap import MASK_BUFFER, official_to_ours
-
-    state = _strip_module(state)
-    backbone = {k: v for k, v in state.items() if not k.startswith(("fc_norm.", "classifier."))}
-    masks = {MASK_BUFFER.format(l=l) for l in range(config.num_layers)}
-    backbone = {k: v for k, v in backbone.items() if k not in masks}
-    return official_to_ours(backbone, config, source="AR checkpoint"), head_from_state_dict(state)
-
-
-def load_ar_checkpoint(path, config) -> tuple[dict, dict]:
-    """An original AR checkpoint file (`k400.pt` / `ssv2.pt`: a state dict, or a dict holding it under
-    "model" or "module" as DeepSpeed writes) -> (our backbone params, head). Needs torch."""
-    from streamformer_jax.convert.torch_io import require_torch
-
-    torch = require_torch()
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "module"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    state = {k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
-    return ar_checkpoint_to_ours(state, config)
-
-
-def ours_to_ar_checkpoint(params: Mapping[str, np.ndarray], head: Mapping, config) -> dict[str, np.ndarray]:
-    """Our backbone params + head -> the original AR model's state dict (NumPy float32, PyTorch layouts, mask
-    buffers included); the inverse of `ar_checkpoint_to_ours`."""
-    from streamformer_jax.convert.keymap import ours_to_official
-
-    state = ours_to_official(params, config)
-    state["fc_norm.weight"] = np.asarray(head["fc_norm"]["scale"], np.float32)
-    state["fc_norm.bias"] = np.asarray(head["fc_norm"]["bias"], np.float32)
-    state["classifier.weight"] = np.ascontiguousarray(np.asarray(head["classifier"]["kernel"], np.float32).T)
-    state["classifier.bias"] = np.asarray(head["classifier"]["bias"], np.float32)
-    return state
-
-
-def save_ar_checkpoint(path, config, params: Mapping[str, np.ndarray], head: Mapping) -> pathlib.Path:
-    """Write `{"model": AR state dict}` (what `load_ar_checkpoint` and the original AR code read). Needs torch."""
-    from streamformer_jax.convert.torch_io import require_torch, save_model_state
-
-    torch = require_torch()
-    state = {k: torch.from_numpy(v) for k, v in ours_to_ar_checkpoint(params, head, config).items()}
-    path = pathlib.Path(path)
-    save_model_state(path, state)
-    return path
-
-
-def _strip_module(state):
-    if any(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
-    return dict(state)
 
 
 class ClipClassifier:
@@ -584,19 +467,6 @@ def train_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: in
 
     head, _ = run(head, opt_state)
     return jax.tree.map(np.asarray, head)
-
-
-def save_head(path, head: Mapping) -> None:
-    np.savez(path, **{f"{a}.{b}": v for a, d in head.items() for b, v in d.items()})
-
-
-def load_head(path) -> dict:
-    with np.load(path) as z:
-        out: dict = {}
-        for k in z.files:
-            a, b = k.split(".")
-            out.setdefault(a, {})[b] = z[k]
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

@@ -116,7 +116,7 @@ def main(argv=None):
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
 
-    from data_pipelines.pipeline import sources, tasks
+    from data_pipelines.pipeline import sources, transforms
 
     if args.videos:
         paths = sorted(q for q in pathlib.Path(args.videos).iterdir() if q.suffix in (".mp4", ".avi", ".mkv", ".webm"))
@@ -127,8 +127,8 @@ def main(argv=None):
         clips = [synthetic_frames(k, args.frames_per_video) for k in range(args.num_videos)]
         content = "synthetic textured frames"
     records = make_records(clips)
-    plain = tasks.make_transform("kinetics", tasks.ClipOptions(num_frames=16, size=224, crop="rrc"))
-    full = tasks.make_transform("kinetics", tasks.ClipOptions(num_frames=16, size=224, crop="rrc",
+    plain = transforms.make_transform("kinetics", transforms.ClipOptions(num_frames=16, size=224, crop="rrc"))
+    full = transforms.make_transform("kinetics", transforms.ClipOptions(num_frames=16, size=224, crop="rrc",
                                                               randaugment=args.randaugment))
     shapes = sorted({c.shape[1:3] for c in clips})
     results = {"content": content, "stored_frame_sizes_hw": [list(s) for s in shapes],

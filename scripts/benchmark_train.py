@@ -76,7 +76,7 @@ def main(argv):
     from data_pipelines.pipeline import loader
     from streamformer_jax.train import flops as flops_lib
     from streamformer_jax.train import loop
-    from streamformer_jax.train.model import backbone_config
+    from streamformer_jax.train.model_kinds import backbone_config
     from streamformer_jax.train.step import device_batch
 
     config = FLAGS.config

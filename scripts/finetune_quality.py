@@ -36,7 +36,7 @@ def export_initial(config, workdir: pathlib.Path, out: pathlib.Path) -> pathlib.
     """The model as the run starts (same build, same seed), exported as the trainer exports at the end."""
     from streamformer_jax.checkpoint import save_checkpoint
     from streamformer_jax.train import loop
-    from streamformer_jax.train.model import build_task_model, flat_values
+    from streamformer_jax.train.model_kinds import build_task_model, flat_values
 
     meta = loop.read_metadata(loop.task_directories(loop.data_config(config, workdir)))
     tm = build_task_model(config, {t: list(m.get("class_names", [])) for t, m in meta.items()})

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from data_pipelines import schema
-from data_pipelines.pipeline import augment, tasks
+from data_pipelines.pipeline import augment, transforms
 from data_pipelines.pipeline.codec import JpegDecoder
 
 S = 48  # stored image size (square) and output size: the training crop is then the whole rotated image
@@ -31,7 +31,7 @@ def _record(dataset, img, mask, category=3):
 
 
 def _transform(train=True, **kw):
-    return tasks.make_transform("vis", tasks.ClipOptions(num_frames=T, size=S, train=train, flip=False,
+    return transforms.make_transform("vis", transforms.ClipOptions(num_frames=T, size=S, train=train, flip=False,
                                                          patch_size=1, **kw))
 
 
@@ -143,7 +143,7 @@ def test_coco_rotation_comes_before_the_mask_aware_crop():
     """Output smaller than the image: the crop is drawn around the rotated masks, targets stay aligned."""
     img, mask = _square_image(64, (40, 56, 44, 60))  # object near the bottom-right corner
     rec = _record("COCO", img, mask)
-    tr = tasks.make_transform("vis", tasks.ClipOptions(num_frames=T, size=32, train=True, flip=True, patch_size=1,
+    tr = transforms.make_transform("vis", transforms.ClipOptions(num_frames=T, size=32, train=True, flip=True, patch_size=1,
                                                        scale_jitter=(2.0, 2.0)))  # 32-px crop of a 64-px image
     in_view = 0
     for s in range(6):

@@ -11,7 +11,7 @@ from streamformer_jax.models import config as model_configs
 from streamformer_jax.models.streamformer import init_model
 from streamformer_jax.train import flops as flops_lib
 from streamformer_jax.train import loop
-from streamformer_jax.train.model import apply_remat, build_task_model, remat_policy
+from streamformer_jax.train.model_kinds import apply_remat, build_task_model, remat_policy
 from streamformer_jax.train.step import device_batch
 from test_train_support import builtin_dir, jax_cache, tiny_config  # noqa: F401
 
@@ -231,7 +231,7 @@ def test_remat_policy_names():
 
 def test_init_from_an_official_backbone_checkpoint(fixtures_dir, builtin_dir):  # noqa: F811
     from streamformer_jax.checkpoint import load_any
-    from streamformer_jax.train.model import flat_values
+    from streamformer_jax.train.model_kinds import flat_values
 
     ckpt = fixtures_dir / "tiny"
     cfg = tiny_config(builtin_dir, "", tasks=("kinetics",))

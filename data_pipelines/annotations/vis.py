@@ -27,12 +27,12 @@ def dataset_of(path) -> str:
     return m.group(1) if m else ""
 
 
-def category_names(path) -> tuple[str, ...]:
+def category_names(path, **options) -> tuple[str, ...]:
     data = read_json(path)
     return tuple(c["name"] for c in sorted(data.get("categories", []), key=lambda c: c["id"]))
 
 
-def parse(path, video_root, classes: ClassNames | None = None, task: str = "vis") -> list[Item]:
+def parse(path, video_root, classes: ClassNames | None = None, **options) -> list[Item]:
     data = read_json(path)
     if isinstance(data, dict) and "images" in data and "videos" not in data and "annotations" in data:
         return _parse_coco(path, data, video_root, classes)

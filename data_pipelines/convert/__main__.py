@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import schema
+from streamformer_jax.tasks import registry
+
 from ..annotations import AnnotationError
 from .build import Options
 from .pipeline import convert
@@ -18,7 +19,7 @@ from .shards import FORMATS
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data_pipelines.convert",
                                 description="Convert annotations + videos to record shards (docs/data_convert.md).")
-    p.add_argument("task", choices=schema.TASKS)
+    p.add_argument("task", choices=registry.names())
     p.add_argument("--annotations", required=True, help="annotation file (CSV / list / JSON, see docs)")
     p.add_argument("--video-root", required=True, help="directory the annotation's video paths are relative to")
     p.add_argument("--out", required=True, help="output directory (shards, metadata.json, report.txt)")

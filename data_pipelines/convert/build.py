@@ -61,7 +61,8 @@ def _resize_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask[rows][:, cols]
 
 
-def _vis_example(item: Item, opts: Options) -> dict:
+def _image_sequence_example(item: Item, opts: Options) -> dict:
+    """Frames from image files (VIS sequences, COCO images), with the instance masks of ``item.masks``."""
     n = len(item.frame_files)
     keep = np.arange(n)
     if opts.max_frames and n > opts.max_frames:  # even subsample keeps the whole sequence covered
@@ -91,11 +92,8 @@ def _vis_example(item: Item, opts: Options) -> dict:
 
 def build_example(item: Item, task: str, opts: Options) -> dict:
     """The schema dict of one item (raises VideoDecodeError / ValueError for unusable inputs)."""
-    base = _vis_example(item, opts) if task == "vis" else _video_example(item, opts)
-    fields = dict(item.fields)
-    if task == "vis":
-        fields["categories"] = np.asarray(fields["categories"], np.int32)
-    return {"task": task, "video_id": item.video_id, "dataset": item.dataset, **base, **fields}
+    base = _image_sequence_example(item, opts) if item.frame_files else _video_example(item, opts)
+    return {"task": task, "video_id": item.video_id, "dataset": item.dataset, **base, **item.fields}
 
 
 def run_item(item: Item, task: str, opts: Options) -> Result:

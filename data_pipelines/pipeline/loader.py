@@ -180,7 +180,7 @@ def normalize_frames(video: jax.Array, dtype=jnp.float32) -> jax.Array:
 
 # ------------------------------------------------------------------------------------------- from a config
 def task_options(config, task: str, train: bool = True):
-    from data_pipelines.pipeline.tasks import ClipOptions
+    from data_pipelines.pipeline.transforms import ClipOptions
 
     t = config.tasks[task]
     return ClipOptions(
@@ -204,7 +204,7 @@ def task_dirs(config) -> dict[str, str]:
 
 def build_train_dataset(config, process_index: int | None = None, process_count: int | None = None):
     """The mixed training `MapDataset` of host batches for this process (see module docstring)."""
-    from data_pipelines.pipeline import mixture, sources, tasks
+    from data_pipelines.pipeline import mixture, sources, transforms
 
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
@@ -216,7 +216,7 @@ def build_train_dataset(config, process_index: int | None = None, process_count:
     )
     cycle = mixture.make_cycle({k: w for k, w in weights.items() if k in srcs}, tuple(config.task_order))
     per_task = {
-        name: task_dataset(srcs[name], tasks.make_transform(name, task_options(config, name)), seed=config.seed,
+        name: task_dataset(srcs[name], transforms.make_transform(name, task_options(config, name)), seed=config.seed,
                            host_batch_size=config.global_batch_size // pc, process_index=pi, process_count=pc)
         for name in sorted(set(cycle))
     }

@@ -19,9 +19,9 @@ import numpy as np
 
 from streamformer_jax import sharding as sharding_lib
 from streamformer_jax.train import distributed, flops as flops_lib
-from streamformer_jax.train.checkpointing import Checkpointer
+from streamformer_jax.train.state_checkpoints import Checkpointer
 from streamformer_jax.train.metrics import MetricWriter, StepTimer
-from streamformer_jax.train.model import backbone_config, build_task_model
+from streamformer_jax.train.model_kinds import backbone_config, build_task_model
 from streamformer_jax.train.optim import make_optimizer
 from streamformer_jax.train.step import Trainer, device_batch
 
@@ -124,7 +124,7 @@ def resolve_schedule(config, meta) -> tuple[int, int]:
 # ------------------------------------------------------------------------------------------------- misc
 def make_trainer(config, tm, mesh, optim, total_steps: int) -> Trainer:
     from streamformer_jax.checkpoint import nest
-    from streamformer_jax.train.model import ModelDef
+    from streamformer_jax.train.model_kinds import ModelDef
     from streamformer_jax.train.step import split_names
 
     trainable_names, _ = split_names(tm, ModelDef(tm.model))

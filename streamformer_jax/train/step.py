@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from streamformer_jax import sharding as sharding_lib
 from streamformer_jax.checkpoint import flatten, nest
 from streamformer_jax.train import optim as optim_lib
-from streamformer_jax.train.model import ModelDef, TaskModel, apply_remat, call_loss, flat_values
+from streamformer_jax.train.model_kinds import ModelDef, TaskModel, apply_remat, call_loss, flat_values
 
 
 def _tree_zeros_like(tree):

@@ -1,4 +1,4 @@
-"""The "multitask" model kind: `train.multitask.MultiTaskModel` (backbone + task heads + frozen text tower).
+"""The "multitask" model kind: `tasks.model.MultiTaskModel` (backbone + one head per task + frozen text tower).
 
 Text side:
   * `config.text.checkpoint` set, or a text tower inside `config.model.init` (a SigLIP HF directory or our
@@ -7,9 +7,9 @@ Text side:
   * otherwise (tests, quickstart): a deterministic random-initialised tiny SigLIP text tower (seed
     `config.text.seed`, sizes `config.text.random`) with a hashing word tokenizer. Its label
     embeddings are fixed random-looking vectors, consistent between runs; the pipeline is the real one.
-Label embeddings (mean over the task's templates of normalised text embeddings, spec §5.3) are computed once
-at start-up; captions (retrieval, grounding) are tokenised on the host per micro-batch and encoded by the
-frozen text tower inside the step.
+Label embeddings of the label tasks (mean over the task's templates of normalised text embeddings, spec §5.3)
+are computed once at start-up; the captions of the caption tasks are tokenised on the host per micro-batch and
+encoded by the frozen text tower inside the step.
 """
 from __future__ import annotations
 
@@ -18,8 +18,16 @@ import zlib
 from typing import Mapping, Sequence
 
 import numpy as np
+from flax import nnx
 
-from streamformer_jax.train.model import TaskModel, backbone_config, register_model_kind
+from streamformer_jax.models.params import flat_params, model_from_flat_params
+from streamformer_jax.tasks import registry
+from streamformer_jax.tasks.model import MultiTaskModel, multitask_flat_params, task_loss
+from streamformer_jax.text.embeddings import compute_label_embeddings
+from streamformer_jax.text.model import SiglipTextConfig, init_text_model, load_text_model
+from streamformer_jax.text.tokenizer import load_tokenizer
+from streamformer_jax.train import param_groups
+from streamformer_jax.train.model_kinds import TaskModel, backbone_config, register_model_kind
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -45,19 +53,12 @@ class HashTokenizer:
 def _tokenizer(config, random_tower: bool, text_model):
     if random_tower:
         return HashTokenizer(text_model.config.vocab_size, config.text.max_length)
-    from streamformer_jax.text.tokenizer import load_tokenizer
-
     source = config.text.tokenizer or config.text.checkpoint or config.model.init
     return load_tokenizer(source, max_length=config.text.max_length)
 
 
 def build(config, class_names: Mapping[str, list[str]]) -> TaskModel:
-    from streamformer_jax.text.embeddings import compute_label_embeddings
-    from streamformer_jax.text.model import SiglipTextConfig, init_text_model, load_text_model
-    from streamformer_jax.train import multitask
-    from streamformer_jax.train.templates import TASK_TEMPLATES
-
-    tasks = [t for t in multitask.TASKS if t in class_names]
+    tasks = [t for t in registry.names() if t in class_names]
     bb = backbone_config(config)
 
     def random_tower():
@@ -69,32 +70,29 @@ def build(config, class_names: Mapping[str, list[str]]) -> TaskModel:
         return init_text_model(text_cfg, seed=config.text.seed)
 
     if config.model.init:
-        model = multitask.MultiTaskModel.from_pretrained(
+        model = MultiTaskModel.from_pretrained(
             config.model.init, tasks, text=config.text.checkpoint or None, lora_rank=bb.lora_rank,
             num_frames=bb.num_frames, seed=config.seed)
         if model.config.dtype != bb.dtype:
-            from streamformer_jax.models.params import flat_params, model_from_flat_params
-
             model.config = model.config.replace(dtype=bb.dtype)
             model.backbone = model_from_flat_params(model.config, flat_params(model.backbone))
         random_text = model.text_encoder is None
         if random_text:
-            from flax import nnx
-
             model.text_encoder = nnx.data(random_tower())
     else:
         random_text = not config.text.checkpoint
         tower = random_tower() if random_text else load_text_model(config.text.checkpoint)
-        model = multitask.MultiTaskModel(bb, tasks, rngs=int(config.seed), text_encoder=tower)
+        model = MultiTaskModel(bb, tasks, rngs=int(config.seed), text_encoder=tower)
     tokenizer = _tokenizer(config, random_text, model.text_encoder)
 
     text = {}
     for task in tasks:
-        if task in multitask.LABEL_TASKS:
+        spec = registry.get(task)
+        if spec.text_kind == registry.LABELS:
             names = class_names[task]
             if not names:
                 raise ValueError(f"task {task!r} has no class names in its metadata.json")
-            text[task] = compute_label_embeddings(model.text_encoder, tokenizer, names, TASK_TEMPLATES[task],
+            text[task] = compute_label_embeddings(model.text_encoder, tokenizer, names, spec.templates,
                                                   batch_size=128)
 
     def prepare_batch(batch):
@@ -102,14 +100,14 @@ def build(config, class_names: Mapping[str, list[str]]) -> TaskModel:
             return {"caption_ids": np.asarray(tokenizer(list(batch["caption"])), np.int32)}
         return {}
 
-    names = list(multitask.multitask_flat_params(model))
-    trainable = multitask.trainable_mask(names)
+    names = list(multitask_flat_params(model))
+    trainable = param_groups.trainable_mask(names)
     if config.model.trainable == "all":
         trainable = {n: not n.startswith("text_encoder.") for n in names}
     elif config.model.trainable != "original":
         raise ValueError(f"config.model.trainable must be 'original' or 'all', got {config.model.trainable!r}")
-    decay = multitask.weight_decay_mask(names)
-    return TaskModel(model=model, loss=multitask.task_loss, trainable=lambda n: trainable.get(n, False),
+    decay = param_groups.weight_decay_mask(names)
+    return TaskModel(model=model, loss=task_loss, trainable=lambda n: trainable.get(n, False),
                      decay=lambda n: decay.get(n, True), backbone=bb, text=text, prepare_batch=prepare_batch)
 
 

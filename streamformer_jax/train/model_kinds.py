@@ -4,9 +4,9 @@ The trainer never looks inside the module. It flattens the module's variables to
 names (`layers.3.mlp.fc1.kernel`, as `streamformer_jax.models.params`), splits them into trainable and frozen
 groups by name, and rebuilds the module from flat arrays inside the jitted step (`ModelDef.merge`).
 
-Model kinds are registered by name (`config.model.kind`): "multitask" is the StreamFormer backbone with the
-multitask heads of `streamformer_jax.train.multitask`; "classifier" is the action-recognition finetuning model
-of `streamformer_jax.train.classifier`; tests register small stand-ins.
+Model kinds are registered by name (`config.model.kind`): "multitask" is the StreamFormer backbone with one head
+per registered task (`streamformer_jax.train.multitask_kind`); "classifier" is the action-recognition finetuning
+model (`streamformer_jax.train.classifier_kind`); tests register small stand-ins.
 """
 from __future__ import annotations
 
@@ -53,8 +53,8 @@ class TaskModel:
 
 _KINDS: dict[str, Callable[..., TaskModel]] = {}
 # The project's own kinds, imported on first use (they pull in heavier modules: the text tower, eval).
-_BUILTIN_KIND_MODULES = {"multitask": "streamformer_jax.train.multitask_adapter",
-                         "classifier": "streamformer_jax.train.classifier"}
+_BUILTIN_KIND_MODULES = {"multitask": "streamformer_jax.train.multitask_kind",
+                         "classifier": "streamformer_jax.train.classifier_kind"}
 
 
 def register_model_kind(name: str, builder: Callable[..., TaskModel]) -> None:

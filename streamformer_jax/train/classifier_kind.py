@@ -1,17 +1,16 @@
 """The "classifier" model kind: action-recognition finetuning as the original does it (spec §7.1).
 
-Model (`VideoClassifier`, the original `TimesformerModelSigLIPForVideoClassification`): StreamFormer backbone ->
-post-LN -> per-frame MAP head -> clip pooling -> `fc_norm` (LayerNorm, eps 1e-6) -> `classifier` (Dense D -> C).
-Flat parameter names: `backbone.<backbone names>`, `fc_norm.{scale,bias}`, `classifier.{kernel [D, C],bias}`,
-the layout of `eval.action_recognition`'s head dict, so a trained head is saved with `save_head` and evaluated by
-`python -m eval.action_recognition evaluate --head`.
+Model: `streamformer_jax.models.classifier.VideoClassifier` (the original
+`TimesformerModelSigLIPForVideoClassification`; flat names `backbone.*`, `fc_norm.*`, `classifier.*`). Its head is
+exported as the head dict (`classifier_io.save_head`) that `python -m eval.action_recognition evaluate --head`
+reads; evaluation pools clips with the same `pool_clip`.
 
 Pooling (`config.model.classifier.pooling`): "mean" (default; per-frame MAP vectors averaged over frames),
 "last", or "official_bug" (the original AR model's grouping; only to continue from the released AR
-checkpoints). The pooling code is `eval.action_recognition.pool_clip`, shared with evaluation.
+checkpoints).
 
 Loss: soft-target cross-entropy on mixup/cutmix + label-smoothed targets, after per-frame random erasing
-(`train.augment`, settings `config.augment`), all drawn from the step's PRNG key.
+(`train.regularisation`, settings `config.augment`), all drawn from the step's PRNG key.
 
 Trainable split (`config.model.trainable="original"`): the spatial attention's base qkv/out projections are
 frozen (their LoRA trains); everything else trains: temporal branch, MLPs, LayerNorms, embeddings, MAP head,
@@ -36,52 +35,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from streamformer_jax.convert import classifier_io
+from streamformer_jax.models.classifier import VideoClassifier, head_from_flat
 from streamformer_jax.models.config import StreamFormerConfig
-from streamformer_jax.models.layers import Dense, HostRngs, LayerNorm
+from streamformer_jax.models.layers import HostRngs
 from streamformer_jax.models.streamformer import StreamFormer, normalize_pixels
-from streamformer_jax.train import augment, multitask
-from streamformer_jax.train.model import TaskModel, backbone_config, register_model_kind
+from streamformer_jax.tasks.model import is_siglip_dir, multitask_flat_params
+from streamformer_jax.train import param_groups
+from streamformer_jax.train import regularisation
+from streamformer_jax.train.model_kinds import TaskModel, backbone_config, register_model_kind
 
-POOLINGS = ("mean", "last", "official_bug")
-HEAD_FILE = "classifier_head.npz"  # eval.action_recognition.save_head format
+HEAD_FILE = "classifier_head.npz"  # classifier_io.save_head format
 INFO_FILE = "classifier.json"
-AR_CHECKPOINT_FILE = "ar_checkpoint.pt"  # the original AR layout (load_ar_checkpoint), when asked for
-
-
-class VideoClassifier(nnx.Module):
-    """Backbone + pooling + fc_norm + classifier. `__call__(pixels [B, T, H, W, 3] normalised) -> logits
-    float32 [B, C]`."""
-
-    def __init__(self, config: StreamFormerConfig, num_classes: int, *, pooling: str = "mean",
-                 rngs: HostRngs | int | None = 0, backbone: StreamFormer | None = None):
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        if isinstance(rngs, (int, np.integer)):
-            rngs = HostRngs(int(rngs))
-        self.config, self.pooling, self.num_classes = config, pooling, int(num_classes)
-        with nnx.use_eager_sharding(False):  # placement is the trainer's job
-            self.backbone = backbone if backbone is not None else StreamFormer(config, rngs=rngs)
-            self.fc_norm = LayerNorm(config.hidden_size, config.layer_norm_eps, rngs=rngs)
-            # Classes stay unsharded (no logical axis for them in the rule presets).
-            self.classifier = Dense((config.hidden_size,), (self.num_classes,), ("embed",), (None,), rngs=rngs)
-
-    def features(self, pixels: jax.Array) -> jax.Array:
-        from eval.action_recognition import pool_clip  # one pooling definition for training and evaluation
-
-        return pool_clip(self.backbone, pixels, self.pooling)
-
-    def __call__(self, pixels: jax.Array) -> jax.Array:
-        x = self.fc_norm(self.features(pixels).astype(jnp.float32))
-        return self.classifier(x, jnp.float32)
-
-
-def head_from_flat(flat: Mapping[str, object]) -> dict:
-    """Flat classifier parameters -> the head dict of `eval.action_recognition` (NumPy float32)."""
-    get = lambda k: np.asarray(flat[k], np.float32)  # noqa: E731
-    return {"fc_norm": {"scale": get("fc_norm.scale"), "bias": get("fc_norm.bias")},
-            "classifier": {"kernel": get("classifier.kernel"), "bias": get("classifier.bias")}}
+AR_CHECKPOINT_FILE = "ar_checkpoint.pt"  # the original AR layout (classifier_io.load_ar_checkpoint), when asked for
 
 
 # ---------------------------------------------------------------------------------------------------- loss
@@ -94,28 +60,28 @@ class ClassifierLoss:
     with the dominant class of the (mixed) target.
     """
 
-    reg: augment.Regularisation
+    reg: regularisation.Regularisation
 
     def __call__(self, model: VideoClassifier, task: str, batch, text=None, *, rng: jax.Array | None = None):
         video = batch["video"]
         x = normalize_pixels(video) if video.dtype == jnp.uint8 else video.astype(jnp.float32)
         labels = jnp.asarray(batch["label"], jnp.int32)
         if rng is None:
-            targets = augment.smooth_one_hot(labels, model.num_classes, self.reg.label_smoothing)
+            targets = regularisation.smooth_one_hot(labels, model.num_classes, self.reg.label_smoothing)
         else:
             k_erase, k_mix = jax.random.split(rng)
-            x = augment.random_erasing(k_erase, x, self.reg.random_erasing)  # per sample, before mixing
-            params = augment.draw_mix(k_mix, self.reg, x.shape[2], x.shape[3])
-            x, targets = augment.apply_mix(x, labels, params, model.num_classes, self.reg.label_smoothing)
+            x = regularisation.random_erasing(k_erase, x, self.reg.random_erasing)  # per sample, before mixing
+            params = regularisation.draw_mix(k_mix, self.reg, x.shape[2], x.shape[3])
+            x, targets = regularisation.apply_mix(x, labels, params, model.num_classes, self.reg.label_smoothing)
         logits = model(x)
-        loss = augment.soft_target_cross_entropy(logits, targets)
+        loss = regularisation.soft_target_cross_entropy(logits, targets)
         acc = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(targets, -1)).astype(jnp.float32)
         return loss, {"loss": loss, "accuracy": acc}
 
 
-def regularisation_from_config(c) -> augment.Regularisation:
-    fields = {f.name for f in dataclasses.fields(augment.Regularisation)}
-    return augment.Regularisation(**{k: float(v) for k, v in dict(c).items() if k in fields})
+def regularisation_from_config(c) -> regularisation.Regularisation:
+    fields = {f.name for f in dataclasses.fields(regularisation.Regularisation)}
+    return regularisation.Regularisation(**{k: float(v) for k, v in dict(c).items() if k in fields})
 
 
 # ---------------------------------------------------------------------------------------------- backbone init
@@ -131,7 +97,7 @@ def load_backbone(init: str, want: StreamFormerConfig, seed: int = 0) -> StreamF
     if p.is_file():  # e.g. checkpoint-epoch.pth: the converter reads it once (torch) into our format
         raise ValueError(f"--config.model.init={p}: a file; convert it first with `python -m streamformer_jax.convert "
                          f"import-pytorch --src {p} --dst CKPT` and pass CKPT")
-    if multitask._is_siglip_dir(p):
+    if is_siglip_dir(p):
         from streamformer_jax.convert.siglip import import_siglip
 
         config, flat, _, _ = import_siglip(p, num_frames=want.num_frames, lora_rank=want.lora_rank, seed=seed)
@@ -151,11 +117,9 @@ def load_backbone(init: str, want: StreamFormerConfig, seed: int = 0) -> StreamF
 # ------------------------------------------------------------------------------------------------- export
 def export_head(out: str | pathlib.Path, flat: Mapping[str, object], info: Mapping[str, object]) -> pathlib.Path:
     """Write the head (`save_head` .npz) and `classifier.json` (task, classes, pooling) into `out`."""
-    from eval.action_recognition import save_head
-
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_head(out / HEAD_FILE, head_from_flat(flat))
+    classifier_io.save_head(out / HEAD_FILE, head_from_flat(flat))
     (out / INFO_FILE).write_text(json.dumps({**info, "head": HEAD_FILE}, indent=2) + "\n")
     return out / HEAD_FILE
 
@@ -163,10 +127,8 @@ def export_head(out: str | pathlib.Path, flat: Mapping[str, object], info: Mappi
 def export_ar_checkpoint(out: str | pathlib.Path, config: StreamFormerConfig, flat: Mapping[str, object]
                          ) -> pathlib.Path:
     """The original AR checkpoint layout (`{"model": state dict}`) for the PyTorch code; needs torch."""
-    from eval.action_recognition import save_ar_checkpoint
-
     backbone = {k[len("backbone."):]: np.asarray(v, np.float32) for k, v in flat.items() if k.startswith("backbone.")}
-    return save_ar_checkpoint(pathlib.Path(out) / AR_CHECKPOINT_FILE, config, backbone, head_from_flat(flat))
+    return classifier_io.save_ar_checkpoint(pathlib.Path(out) / AR_CHECKPOINT_FILE, config, backbone, head_from_flat(flat))
 
 
 # ------------------------------------------------------------------------------------------------ builder
@@ -182,14 +144,14 @@ def build(config, class_names: Mapping[str, list[str]]) -> TaskModel:
     backbone = load_backbone(config.model.init, want, seed=int(config.seed))
     model = VideoClassifier(backbone.config, num_classes, pooling=c.pooling, rngs=int(config.seed),
                             backbone=backbone)
-    flat_names = list(multitask.multitask_flat_params(model))  # dotted names of any module's parameters
+    flat_names = list(multitask_flat_params(model))  # dotted names of any module's parameters
     if config.model.trainable == "original":
-        trainable = multitask.trainable_mask(flat_names)
+        trainable = param_groups.trainable_mask(flat_names)
     elif config.model.trainable == "all":
         trainable = dict.fromkeys(flat_names, True)
     else:
         raise ValueError(f"config.model.trainable must be 'original' or 'all', got {config.model.trainable!r}")
-    decay = multitask.weight_decay_mask(flat_names)
+    decay = param_groups.weight_decay_mask(flat_names)
     bb_export = backbone.config.replace(dtype="float32")
     info = {"task": task, "num_classes": num_classes, "class_names": names, "pooling": c.pooling}
 
