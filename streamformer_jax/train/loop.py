@@ -121,9 +121,8 @@ def steps_per_epoch(loop: LoopSettings, balance_scale: float, meta: Mapping[str,
     return max(1, clips // loop.clips_per_step)
 
 
-def resolve_schedule(config, meta) -> tuple[int, int]:
-    """(total_steps, warmup_steps) in optimizer steps."""
-    loop = LoopSettings.from_config(config)
+def resolve_schedule(config, loop: LoopSettings, meta) -> tuple[int, int]:
+    """(total_steps, warmup_steps) in optimizer steps (an epoch: `meta`'s clips, balanced, / clips per step)."""
     per_epoch = None
     total = int(config.total_steps)
     if total < 0:
@@ -210,7 +209,7 @@ class Setup:
         # An epoch counts the tasks this run trains on (the built-in dataset always holds every task).
         weights = dict(self.data.task_weights)
         in_run = {t: m for t, m in self.meta.items() if not weights or weights.get(t, 0) > 0}
-        self.total_steps, self.warmup_steps = resolve_schedule(config, in_run)
+        self.total_steps, self.warmup_steps = resolve_schedule(config, self.loop, in_run)
 
     def _build_model(self, config) -> None:
         """Phase 4: the model (its kind's builder) and the trainer (optimiser, shardings, compiled steps)."""
