@@ -28,5 +28,5 @@ VENV=${VENV:-$PWD/.venv}  # made once with: python -m venv .venv && .venv/bin/pi
 index=$(( ${SLURM_ARRAY_TASK_ID:-0} - ${SLURM_ARRAY_TASK_MIN:-0} ))
 count=${SLURM_ARRAY_TASK_COUNT:-1}
 # Decoding runs in background threads: give them the task's CPU cores.
-"$VENV/bin/python" -m streamformer_jax.extract --checkpoint "$CKPT" --videos "$VIDEOS" --out-dir "$OUT_DIR" \
+"$VENV/bin/python" -m streamformer_jax.extract --checkpoint "$CKPT" --videos "$VIDEOS" --out "$OUT_DIR" \
   --shard "$index/$count" --workers "${SLURM_CPUS_PER_TASK:-4}" --distributed no --no-progress $EXTRACT_ARGS

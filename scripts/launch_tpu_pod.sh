@@ -108,7 +108,7 @@ extract() {
   local out=${OUT_DIR:?set OUT_DIR (shared by all workers)}
   # Foreground on every worker: returns when all shares are done (status 1 on a worker that had failed videos).
   on_all "cd ~/$REMOTE_DIR && $SETUP_CMD && .venv/bin/python -m streamformer_jax.extract --checkpoint $ckpt \
-    --videos '$videos' --out-dir $out --distributed yes --devices all --no-progress ${EXTRACT_ARGS:-} \
+    --videos '$videos' --out $out --distributed yes --devices all --no-progress ${EXTRACT_ARGS:-} \
     2>&1 | tee ~/extract.log"
 }
 

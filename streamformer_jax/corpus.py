@@ -1,6 +1,6 @@
-"""Features for a whole corpus of videos: `python -m streamformer_jax.extract --videos ... --out-dir DIR`.
+"""Features for a whole corpus of videos: `python -m streamformer_jax.extract --videos ... --out DIR`.
 
-    python -m streamformer_jax.extract --checkpoint CKPT --videos 'data/k400/**/*.mp4' --out-dir feats \\
+    python -m streamformer_jax.extract --checkpoint CKPT --videos 'data/k400/**/*.mp4' --out feats \\
         [--mode stream|clip] [--window W] [--fps F] [--slots 8] [--workers 4] [--dtype float32|bfloat16] \\
         [--shard I/N] [--no-tokens] [--batched]
 
@@ -167,7 +167,7 @@ def _check_manifest(out_dir: pathlib.Path, manifest: dict) -> None:
         if old != manifest:
             diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
             raise ExtractError(f"{out_dir} holds features extracted with other options ({', '.join(diff)} "
-                               f"differ, see {path}); use another --out-dir")
+                               f"differ, see {path}); use another --out directory")
         return
     _write_json(path, manifest)
 

@@ -3,7 +3,7 @@
     python -m streamformer_jax.extract --checkpoint CKPT_DIR --video clip.mp4 --out feats.npz \\
         [--mode stream|clip] [--window W] [--fps 5] [--no-tokens] [--dtype float32|bfloat16] [--max-frames N]
 
-A whole corpus (`--videos DIR|GLOB|LIST --out-dir DIR`, one archive per video, resumable, sharded over
+A whole corpus (`--videos DIR|GLOB|LIST --out DIR`, one archive per video, resumable, sharded over
 processes) is described in `streamformer_jax.corpus`.
 
 `CKPT_DIR` is our checkpoint or an official Hugging Face directory (detected automatically). The video is
@@ -45,7 +45,10 @@ import zipfile
 from typing import Iterable, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from streamformer_jax import cli
+from streamformer_jax.api import FeatureExtractor
 from streamformer_jax.video import TruncatedVideoWarning, VideoReader, VideoReadError
 
 MODES = ("stream", "clip")
@@ -169,8 +172,6 @@ def _needs_v2(header: dict) -> bool:
 
 
 def _load_extractor(checkpoint, dtype):
-    from streamformer_jax.api import FeatureExtractor
-
     if isinstance(checkpoint, FeatureExtractor):
         if dtype is not None and dtype != checkpoint.config.dtype:
             raise ExtractError(f"dtype={dtype!r} cannot be applied to an existing FeatureExtractor "
@@ -242,8 +243,6 @@ def extract_features(checkpoint_or_extractor, video, *, mode: str = "stream", wi
 
 
 def _run(fx, reader: VideoReader, sink, mode, window, return_tokens, progress) -> None:
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=reader.expected_frames(), unit="frame", desc=reader.path.name, disable=not progress,
                file=sys.stderr, dynamic_ncols=True, leave=True)
     try:
@@ -256,44 +255,30 @@ def _run(fx, reader: VideoReader, sink, mode, window, return_tokens, progress) -
 
 
 # -- command line ------------------------------------------------------------------------------------------------
-def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m streamformer_jax.extract",
         description="Per-frame StreamFormer features (pooler_output, last_hidden_state, timestamps) of a video "
                     "file or a uint8 [T, H, W, 3] .npy array, written to an .npz; or of a whole corpus of videos "
                     "(--videos, one .npz per video; see streamformer_jax.corpus).")
-    p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="our checkpoint directory or an official Hugging Face directory (auto-detected)")
+    cli.add_checkpoint(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video", metavar="PATH",
                      help="a video file (decoded with PyAV) or a uint8 [T, H, W, 3] RGB .npy array")
     src.add_argument("--videos", metavar="LIST_OR_GLOB",
                      help="a corpus: a directory (recursive), a quoted glob pattern, or a text file of paths")
-    p.add_argument("--out", metavar="OUT.npz", help="with --video: output archive (written atomically)")
-    p.add_argument("--out-dir", metavar="DIR", help="with --videos: output directory (one .npz per video, "
-                                                    "report.json of failed videos)")
+    cli.add_out(p, "--out-dir", required=False, metavar="OUT",
+                help="--video: the output archive OUT.npz (written atomically); --videos: the output directory "
+                     "(one .npz per video and report.json of failed videos; --out-dir is the same flag)")
     p.add_argument("--mode", choices=MODES, default="stream",
                    help="stream: streaming path over any length (default); clip: consecutive clips of W frames")
-    p.add_argument("--window", type=_positive(int), default=None, metavar="W",
+    p.add_argument("--window", type=cli.positive(int), default=None, metavar="W",
                    help="stream: KV-cache window in frames; clip: clip length (default: the model's num_frames)")
-    p.add_argument("--fps", type=_positive(float), default=None,
+    p.add_argument("--fps", type=cli.positive(float), default=None,
                    help="target frame rate: keep the frame nearest to each 1/fps step (default: every frame)")
-    p.add_argument("--npy-fps", type=_positive(float), default=1.0,
+    p.add_argument("--npy-fps", type=cli.positive(float), default=1.0,
                    help="frame rate of an .npy input, for its timestamps (default 1: timestamps = indices)")
-    p.add_argument("--max-frames", type=_positive(int), default=None, metavar="N",
+    p.add_argument("--max-frames", type=cli.positive(int), default=None, metavar="N",
                    help="stop after N (selected) frames")
     p.add_argument("--no-tokens", action="store_true",
                    help="leave out last_hidden_state [T, P, D] (for long videos)")
@@ -302,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compress", action="store_true", help="deflate the .npz members (slower, smaller)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     corpus = p.add_argument_group("corpus (--videos) options")
-    corpus.add_argument("--slots", type=_positive(int), default=None, metavar="B",
+    corpus.add_argument("--slots", type=cli.positive(int), default=None, metavar="B",
                         help="videos processed together, one frame (stream) or clip (clip mode) each per device "
                              "call (default 8)")
     corpus.add_argument("--workers", type=_non_negative_int, default=None, metavar="N",
@@ -333,7 +318,7 @@ def _non_negative_int(text):
     return value
 
 
-_CORPUS_ONLY = ("out_dir", "slots", "workers", "shard", "root", "distributed", "batched", "devices")
+_CORPUS_ONLY = ("slots", "workers", "shard", "root", "distributed", "batched", "devices")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,10 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.out is None:
             parser.error("--video needs --out OUT.npz")
     else:
-        if args.out is not None:
-            parser.error("--videos writes one archive per video: use --out-dir DIR, not --out")
-        if args.out_dir is None:
-            parser.error("--videos needs --out-dir DIR")
+        if args.out is None:
+            parser.error("--videos needs --out DIR (or --out-dir DIR), the output directory")
+        if args.out.lower().endswith(".npz"):
+            parser.error(f"--videos writes one archive per video into a directory; --out {args.out} names an "
+                         f".npz file")
         if args.shard is not None:
             from streamformer_jax.corpus import parse_shard
 
@@ -377,14 +363,12 @@ def _main(args) -> int:
                                 return_tokens=not args.no_tokens, dtype=args.dtype,
                                 progress=not args.no_progress, out=args.out, compress=args.compress)
     except (VideoReadError, ExtractError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return cli.fail(str(err))
     except OSError as err:  # e.g. the output directory is not writable or the disk is full
-        print(f"error: cannot write {args.out}: {err}", file=sys.stderr)
-        return 1
+        return cli.fail(f"cannot write {args.out}: {err}")
     except KeyboardInterrupt:
         print("interrupted; no output written", file=sys.stderr)
-        return 130
+        return cli.INTERRUPTED
     shapes = ", ".join(f"{k} {list(v)}" for k, v in info["shapes"].items())
     print(f"wrote {info['path']}: {info['num_frames']} frames ({shapes})", file=sys.stderr)
     return 0
@@ -412,21 +396,19 @@ def _main_corpus(args) -> int:
             local = jax.local_devices()
             devices = local if args.devices == "all" else local[:int(args.devices)]
         summary = corpus.extract_corpus(
-            args.checkpoint, videos, args.out_dir, root=root, mode=args.mode, window=args.window, fps=args.fps,
+            args.checkpoint, videos, args.out, root=root, mode=args.mode, window=args.window, fps=args.fps,
             npy_fps=args.npy_fps, max_frames=args.max_frames, return_tokens=not args.no_tokens, dtype=args.dtype,
             compress=args.compress, slots=args.slots or 8,
             workers=min(4, os.cpu_count() or 1) if args.workers is None else args.workers, shard=args.shard,
             batch_invariant=not args.batched, devices=devices, progress=not args.no_progress)
     except ExtractError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return cli.fail(str(err))
     except OSError as err:  # the output directory is not writable, the disk is full, ...
-        print(f"error: {args.out_dir}: {err}", file=sys.stderr)
-        return 1
+        return cli.fail(f"{args.out}: {cli.message(err)}")
     except KeyboardInterrupt:
-        print(f"interrupted; finished videos are in {args.out_dir}, rerun the same command to resume",
+        print(f"interrupted; finished videos are in {args.out}, rerun the same command to resume",
               file=sys.stderr)
-        return 130
+        return cli.INTERRUPTED
     failed = summary["failed"]
     print(f"{len(summary['extracted'])} videos extracted ({summary['frames']} frames in {summary['seconds']:.1f} s), "
           f"{summary['skipped']} already done, {len(failed)} failed; report: {summary['report']}", file=sys.stderr)

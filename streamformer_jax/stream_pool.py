@@ -29,8 +29,9 @@ from typing import Hashable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
+from streamformer_jax import sharding
 from streamformer_jax.models import streaming
 
 
@@ -81,19 +82,19 @@ class StreamPool:
         its shard of the cache and a copy of the parameters."""
         if self.slots % len(devices):
             raise ValueError(f"{self.slots} slots cannot be split evenly over {len(devices)} devices")
-        mesh = Mesh(np.asarray(devices), ("slots",))
-        spec = lambda ndim, axis: PartitionSpec(*([None] * axis), "slots", *([None] * (ndim - axis - 1)))
+        mesh = sharding.make_mesh(data=len(devices), devices=devices)  # the slots go over the `data` axis
+        spec = lambda ndim, axis: PartitionSpec(*([None] * axis), "data", *([None] * (ndim - axis - 1)))
         cache_specs = streaming.StreamCache(spec(6, 1), spec(6, 1), spec(2, 0), spec(1, 0))
-        self._state, self._folds = jax.device_put((self._state, self._folds), NamedSharding(mesh, PartitionSpec()))
+        self._state, self._folds = jax.device_put((self._state, self._folds), sharding.replicated(mesh))
         self._cache = jax.device_put(self._cache, jax.tree.map(lambda p: NamedSharding(mesh, p), cache_specs))
-        self._frames_sharding = NamedSharding(mesh, spec(4, 0))
+        self._frames_sharding = sharding.batch_sharding(mesh, 4, axes=("data",))
         fn = self._fx._pool_fn
 
         def local_step(state, folds, cache, frames, active, reset, with_tokens, batch_invariant):
             body = jax.shard_map(lambda *a: fn(*a, with_tokens, batch_invariant), mesh=mesh,
                                  in_specs=(PartitionSpec(), PartitionSpec(), cache_specs, spec(4, 0), spec(1, 0),
                                            spec(1, 0)),
-                                 out_specs=(PartitionSpec("slots"), cache_specs), check_vma=False)
+                                 out_specs=(PartitionSpec("data"), cache_specs), check_vma=False)
             return body(state, folds, cache, frames, active, reset)
 
         self._step_fn = jax.jit(local_step, donate_argnums=2, static_argnums=(6, 7))

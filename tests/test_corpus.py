@@ -63,7 +63,7 @@ def archives(out_dir) -> dict:
 
 
 def cli(ckpt, videos, out_dir, *extra):
-    return main(["--checkpoint", str(ckpt), "--videos", str(videos), "--out-dir", str(out_dir), *map(str, extra)])
+    return main(["--checkpoint", str(ckpt), "--videos", str(videos), "--out", str(out_dir), *map(str, extra)])
 
 
 # -- the same archives whatever the scheduling ------------------------------------------------------------------
@@ -84,8 +84,8 @@ def test_corpus_with_corrupt_and_missing_videos_equals_single_video_form(tiny_ck
     report = json.loads((out / "report.json").read_text())
     assert report["extracted"] == 7 and report["videos"] == 9
     reasons = {f["path"]: f["reason"] for f in report["failed"]}
-    assert reasons == {str(corrupt): reasons[str(corrupt)], str(tmp_path / "missing.mp4"): "no such file"}
-    assert reasons[str(corrupt)].startswith("not a readable video file")
+    assert reasons == {str(corrupt): reasons[str(corrupt)], str(tmp_path / "missing.mp4"): "missing file"}
+    assert reasons[str(corrupt)].startswith("cannot open container")
     # output names: paths under --root; the archives are byte-for-byte the single-video form's
     got = {k.split("/", 1)[1]: v for k, v in archives(out).items()}
     assert got == reference["stream"]
@@ -253,7 +253,7 @@ def test_video_lists_and_output_names(corpus_dir, tmp_path, monkeypatch):
 
 def test_cli_usage_errors(tiny_ckpt, corpus_dir, tmp_path, capsys):
     usage = [
-        ["--checkpoint", tiny_ckpt, "--videos", corpus_dir],  # no --out-dir
+        ["--checkpoint", tiny_ckpt, "--videos", corpus_dir],  # no --out
         ["--checkpoint", tiny_ckpt, "--videos", corpus_dir, "--out", tmp_path / "x.npz"],
         ["--checkpoint", tiny_ckpt, "--video", corpus_dir / "clip0.mp4", "--out", tmp_path / "x.npz", "--slots", 2],
         ["--checkpoint", tiny_ckpt, "--videos", corpus_dir, "--out-dir", tmp_path, "--shard", "2/2"],

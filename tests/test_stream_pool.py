@@ -7,7 +7,7 @@ import jax
 
 from streamformer_jax import FeatureExtractor, PoolFullError, StreamFrameError
 from streamformer_jax.models import streaming
-from streamformer_jax.models.params import flat_params
+from streamformer_jax.param_tree import flat_params
 
 TOL = 1e-5  # official parity (project standard)
 # Batched pools agree with a single stream to float32 rounding; measured up to 3.3e-6 on the small fixture
