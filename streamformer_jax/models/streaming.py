@@ -125,7 +125,9 @@ def pool_step(model: StreamFormer, cache: StreamCache, pixels: jax.Array, active
 
 def _pool_step_per_slot(model, cache: StreamCache, pixels, active, reset, with_tokens, folds):
     """`pool_step` one slot at a time (a loop inside the compiled step): each slot sees exactly the one-slot
-    computation. The cache is updated in place (the step donates it); a slot's view is copied out and back."""
+    computation. An idle slot (not `active`) skips the model (a `cond`), so a partly filled pool costs only its
+    active streams; a reset still restarts it. The cache is updated in place (the step donates it); a slot's
+    view is copied out and back."""
     slots = cache.keys.shape[1]
 
     def take(x, b, axis):
@@ -134,18 +136,27 @@ def _pool_step_per_slot(model, cache: StreamCache, pixels, active, reset, with_t
     def put(x, y, b, axis):
         return jax.lax.dynamic_update_slice_in_dim(x, y.astype(x.dtype), b, axis)
 
-    def one_slot(b, keys, values, slot_frame, next_frame):
-        view = StreamCache(take(keys, b, 1), take(values, b, 1), take(slot_frame, b, 0), take(next_frame, b, 0))
+    def run(b, view):
         return pool_step(model, view, take(pixels, b, 0), take(active, b, 0), take(reset, b, 0), with_tokens,
                          folds=folds)
 
+    def view_of(b, keys, values, slot_frame, next_frame):
+        return StreamCache(take(keys, b, 1), take(values, b, 1), take(slot_frame, b, 0), take(next_frame, b, 0))
+
+    shapes = jax.eval_shape(lambda: run(0, view_of(0, *cache))[0])
+    idle_out = {k: jnp.zeros((1, *v.shape[1:]), v.dtype) for k, v in shapes.items()}
+
+    def idle(b, view):  # what pool_step does to an inactive slot, without running the model
+        restart = take(reset, b, 0)
+        return idle_out, view._replace(slot_frame=jnp.where(restart[:, None], -1, view.slot_frame),
+                                       next_frame=jnp.where(restart, 0, view.next_frame))
+
     def body(b, carry):
         keys, values, slot_frame, next_frame, outs = carry
-        out, view = one_slot(b, keys, values, slot_frame, next_frame)
+        out, view = jax.lax.cond(active[b], run, idle, b, view_of(b, keys, values, slot_frame, next_frame))
         return (put(keys, view.keys, b, 1), put(values, view.values, b, 1), put(slot_frame, view.slot_frame, b, 0),
                 put(next_frame, view.next_frame, b, 0), {k: put(outs[k], out[k], b, 0) for k in outs})
 
-    shapes = jax.eval_shape(lambda: one_slot(0, *cache)[0])
     outs = {k: jnp.zeros((slots, *v.shape[1:]), v.dtype) for k, v in shapes.items()}
     keys, values, slot_frame, next_frame, outs = jax.lax.fori_loop(0, slots, body, (*cache, outs))
     return outs, StreamCache(keys, values, slot_frame, next_frame)
