@@ -93,11 +93,16 @@ def _image_sequence_example(item: Item, opts: Options) -> dict:
 def build_example(item: Item, task: str, opts: Options) -> dict:
     """The schema dict of one item (raises VideoDecodeError / ValueError for unusable inputs)."""
     base = _image_sequence_example(item, opts) if item.frame_files else _video_example(item, opts)
-    return {"task": task, "video_id": item.video_id, "dataset": item.dataset, **base, **item.fields}
+    # What was decoded: the video file, or the folder of an image sequence.
+    source = os.path.dirname(item.frame_files[0]) if len(item.frame_files) > 1 else item.source
+    return {"task": task, "video_id": item.video_id, "dataset": item.dataset, "source": source, **base,
+            **item.fields}
 
 
 def run_item(item: Item, task: str, opts: Options) -> Result:
     """Worker entry point: never raises for a bad input, it reports the reason instead."""
+    if item.problem is not None:  # the parser already knows this item cannot be converted
+        return Result(None, item.problem)
     try:
         example = build_example(item, task, opts)
         return Result(schema.encode_record(example), num_frames=len(example["frames"]))

@@ -29,6 +29,11 @@ def check_record(ex: Mapping[str, Any]) -> None:
         raise schema.SchemaError(f"{ex['video_id']!r}: one window per caption required")
 
 
+def query_rows(fields: Mapping[str, Any]) -> int:
+    """Samples of a record: one per query (annotation row)."""
+    return len(fields["captions"])
+
+
 def builtin_window(clip: BuiltinClip) -> dict:
     return {"captions": [f"the {clip.class_name} square appears"], "windows": np.array([clip.seconds], np.float32)}
 
@@ -36,7 +41,9 @@ def builtin_window(clip: BuiltinClip) -> dict:
 GROUNDING = registry.TaskSpec(
     name="grounding", official_name="TaskGrounding", text_kind=registry.CAPTIONS,
     record_fields=("captions", "windows"), optional_record_fields=("relevant_windows", "relevant_window_caption"),
-    check_record=check_record, parse_annotations=annotations.parse, record_counts=caption_counts,
-    datasets={"TaCoS": registry.DatasetRule(video_suffix="-cam-002.avi")},
+    check_record=check_record, parse_annotations=annotations.parse, read_original=annotations.read_original,
+    record_counts=caption_counts, record_samples=query_rows,
+    # The original's `task_grounding.py`: TaCoS ids + "-cam-002.avi"; others ".mp4" unless already there.
+    datasets={"TaCoS": registry.DatasetRule(video_suffix="-cam-002.avi", always=True)},
     transform=GroundingTransform, pipeline_defaults=dict(crop="short_side", flip=False),
     builtin_fields=builtin_window, make_head=TaskHead, loss=grounding_loss)

@@ -60,7 +60,7 @@ def builtin_instance(clip: BuiltinClip) -> dict:
 VIS = registry.TaskSpec(
     name="vis", official_name="TaskVIS", text_kind=registry.LABELS,
     record_fields=("categories", "mask_rle_lengths", "mask_rle_counts"), check_record=check_record,
-    parse_annotations=annotations.parse, annotation_class_names=annotations.category_names,
-    record_counts=instance_counts, transform=VISTransform, pipeline_defaults=dict(crop="short_side", flip=True),
+    parse_annotations=annotations.parse, read_original=annotations.read_original,
+    annotation_class_names=annotations.category_names, record_counts=instance_counts, per_dataset_labels=True, transform=VISTransform, pipeline_defaults=dict(crop="short_side", flip=True),
     builtin_fields=builtin_instance, builtin_class_names=CLASS_NAMES, make_head=VISHead, loss=vis_loss,
     templates=SCENE_TEMPLATES, official_head_rules=OFFICIAL_HEAD_RULES)
