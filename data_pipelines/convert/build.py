@@ -74,10 +74,13 @@ def _image_sequence_example(item: Item, opts: Options) -> dict:
         rgb = video.read_image(item.frame_files[i], opts.short_side)
         frames.append(schema.encode_jpeg(rgb, opts.jpeg_quality))
         height, width = rgb.shape[:2]
-    for segs in item.masks:
+    for k, segs in enumerate(item.masks):
         per_frame = []
         for i in keep:
-            m = decode_segmentation(segs[i], src.height, src.width)
+            try:
+                m = decode_segmentation(segs[i], src.height, src.width)
+            except (ValueError, TypeError, KeyError) as err:
+                raise ValueError(f"malformed segmentation (instance {k}, frame {int(i)}): {err}") from None
             if m is None:
                 m = np.zeros((height, width), np.uint8)
             elif m.shape != (height, width):

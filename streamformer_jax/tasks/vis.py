@@ -26,18 +26,18 @@ OFFICIAL_HEAD_RULES = (
 
 
 def vis_loss(x: registry.LossInputs):
-    """Per-pixel cross entropy of the projected patch tokens; accuracy over the valid pixels, among the classes
-    scored for each sample."""
+    """Per-pixel cross entropy of the projected patch tokens, on logits upsampled to the mask's resolution (the
+    input resolution by default, as the original; patch resolution with the data option
+    `mask_resolution="patch"`), one frame at a time; accuracy over the valid pixels, among the classes scored
+    for each sample."""
     tokens = x.features["last_hidden_state"]  # [B, T, N, D]
     video = x.batch["video"]
     gh, gw = x.model.backbone.embeddings.patch_grid(video.shape[2], video.shape[3])
     patches = x.head.project(tokens).reshape(*tokens.shape[:2], gh, gw, tokens.shape[-1])
     mask = jnp.asarray(x.batch["mask"], jnp.int32)
-    loss, z, target = losses.vis_loss(patches, x.text[x.task], mask, x.logit_scale, x.logit_bias,
-                                      valid=x.text.get(f"{x.task}_valid"), dataset_id=x.batch.get("dataset_id"),
-                                      rng=x.rng, max_classes=x.max_vis_classes, return_target=True)
-    ok = target >= 0
-    return loss, jnp.sum((jnp.argmax(z, -1) == target) & ok) / jnp.maximum(jnp.sum(ok), 1)
+    return losses.vis_loss_by_frame(patches, x.text[x.task], mask, x.logit_scale, x.logit_bias,
+                                    valid=x.text.get(f"{x.task}_valid"), dataset_id=x.batch.get("dataset_id"),
+                                    rng=x.rng, max_classes=x.max_vis_classes)
 
 
 def check_record(ex: Mapping[str, Any]) -> None:

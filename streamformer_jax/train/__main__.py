@@ -30,6 +30,9 @@ def main(argv):
     except loop.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except (ValueError, OSError) as e:  # a user error (config, data, checkpoint): one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     import jax
 
     # Every process reports how it ended ("done" or "preempted"); process 0's line starts with "finished:" (the

@@ -97,28 +97,63 @@ def read_metadata(dirs: Mapping[str, pathlib.Path]) -> dict[str, dict]:
     return {task: json.loads((d / "metadata.json").read_text()) for task, d in dirs.items()}
 
 
-def steps_per_epoch(config, meta: Mapping[str, dict]) -> int:
+def steps_per_epoch(config, meta: Mapping[str, dict], plan=None, accum_steps: int | None = None) -> int:
+    """Optimizer steps per epoch: the original sampler's epoch (`plan`: Σ b_k micro-batches) / accum_steps, or,
+    for explicit task weights, the mixture's (balanced) samples / clips per step."""
     from data_pipelines.pipeline import mixture
 
-    sizes = {t: int(m.get("num_examples", 0)) for t, m in meta.items() if m.get("num_examples")}
+    accum = int(accum_steps or config.accum_steps)
+    if plan is not None and plan.epoch_micro_batches() is not None:
+        return max(1, plan.epoch_micro_batches() // accum)
+    sizes = {t: int(m.get("num_samples", m.get("num_examples", 0))) for t, m in meta.items()
+             if m.get("num_samples", m.get("num_examples"))}
     clips = sum(mixture.balanced_sizes(sizes, config.data.balance_scale).values()) if sizes else 0
-    return max(1, clips // (config.micro_batch_size * config.accum_steps))
+    return max(1, clips // (config.micro_batch_size * accum))
 
 
-def resolve_schedule(config, meta) -> tuple[int, int]:
+def resolve_accum_steps(config, plan) -> int:
+    """accum_steps from the mixture's cycle: the original steps the optimizer once per cycle (Σ f_k micro-batches;
+    7 in its released mix). 0 = derive it; another value than the cycle's length is an error, because the
+    optimizer steps would then mix the tasks differently from the original."""
+    accum, cycle = int(config.accum_steps), len(plan.cycle)
+    if accum == 0:
+        return cycle
+    if accum < 0:
+        raise ValueError(f"--config.accum_steps must be >= 0, got {accum}")
+    if plan.batches is not None and accum != cycle:
+        raise ValueError(f"--config.accum_steps={accum} does not match the data's task cycle of {cycle} micro-batches "
+                         f"({plan.describe()}): set --config.accum_steps={cycle}, or 0 to derive it")
+    if plan.batches is None and accum % cycle:
+        raise ValueError(f"--config.accum_steps={accum} is not a multiple of the task cycle of {cycle} micro-batches "
+                         f"({plan.describe()})")
+    return accum
+
+
+def resolve_schedule(config, meta, plan=None, accum_steps: int | None = None) -> tuple[int, int]:
     """(total_steps, warmup_steps) in optimizer steps."""
     per_epoch = None
     total = int(config.total_steps)
     if total < 0:
         if config.epochs <= 0:
             raise ValueError("set --config.total_steps=N (or total_steps=-1 with epochs > 0)")
-        per_epoch = steps_per_epoch(config, meta)
+        per_epoch = steps_per_epoch(config, meta, plan, accum_steps)
         total = int(round(config.epochs * per_epoch))
     warmup = int(config.optim.warmup_steps)
     if config.optim.get("warmup_epochs", 0.0):
-        per_epoch = per_epoch or steps_per_epoch(config, meta)
+        per_epoch = per_epoch or steps_per_epoch(config, meta, plan, accum_steps)
         warmup = int(round(config.optim.warmup_epochs * per_epoch))
     return total, warmup
+
+
+def check_required(config) -> None:
+    """The config's `required` fields (dotted names) must be set, e.g. the recipe's data_dir and model.init."""
+    for name in config.get("required", ()):
+        value = config
+        for part in name.split("."):
+            value = value.get(part) if hasattr(value, "get") else None
+        if not value:
+            raise ValueError(f"--config.{name} is required by the {config.get('name', 'chosen')} config "
+                             "(docs/training.md; the ':tiny' variant trains on the built-in dataset)")
 
 
 # ------------------------------------------------------------------------------------------------- misc
@@ -184,6 +219,7 @@ class Setup:
 
     def __init__(self, config, workdir: str | pathlib.Path, log: Callable[[str], None] | None = None):
         # ---- 1. distributed start-up and run directory
+        check_required(config)
         distributed.maybe_initialize(config.distributed)
         enable_compilation_cache(config.get("compilation_cache_dir", ""))
         self.config = config
@@ -201,13 +237,18 @@ class Setup:
                              f"axes ({n_batch_shards})")
 
         # ---- 3. data
+        from data_pipelines.pipeline import label_tables, loader
+
         self.data = data_config(config, workdir)
-        self.meta = read_metadata(task_directories(self.data))
-        class_names = {t: list(m.get("class_names", [])) for t, m in self.meta.items()}
+        dirs = task_directories(self.data)
+        self.meta = read_metadata(dirs)
+        class_names = {t: label_tables.label_sets(m) for t, m in self.meta.items()}
         # An epoch counts the tasks this run trains on (the built-in dataset always holds all six).
         weights = dict(self.data.task_weights)
         in_run = {t: m for t, m in self.meta.items() if not weights or weights.get(t, 0) > 0}
-        self.total_steps, warmup_steps = resolve_schedule(config, in_run)
+        self.plan = loader.mixture_plan(self.data, {t: d for t, d in dirs.items() if t in in_run})
+        self.accum_steps = resolve_accum_steps(config, self.plan)
+        self.total_steps, warmup_steps = resolve_schedule(config, in_run, self.plan, self.accum_steps)
 
         # ---- 4. model and optimiser
         self.tm = build_task_model(config, class_names)
@@ -262,7 +303,7 @@ def train(config, workdir: str | pathlib.Path, *, stop_at: int | None = None,
 
     it = loader.make_train_iterator(data, mesh=mesh, start=int(data_state["next_batch"]))
     text = replicate(tm.text, mesh) if tm.text is not None else None
-    accum = int(config.accum_steps)
+    accum = setup.accum_steps
     clips_per_step = config.micro_batch_size * accum
     bb = backbone_config(config)
     step_flops = flops_lib.train_flops_per_clip(bb, num_frames=data.num_frames, image_size=data.image_size) \
