@@ -10,6 +10,7 @@ import numpy as np
 from data_pipelines import schema
 from data_pipelines.annotations import grounding as annotations
 from data_pipelines.pipeline.builtin import BuiltinClip
+from data_pipelines.pipeline.targets import row_windows
 from data_pipelines.pipeline.transforms import GroundingTransform
 from streamformer_jax.tasks import losses, registry
 from streamformer_jax.tasks.heads import TaskHead
@@ -34,6 +35,22 @@ def query_rows(fields: Mapping[str, Any]) -> int:
     return len(fields["captions"])
 
 
+def row_segments(spans, fields: Mapping[str, Any], label_of) -> list[dict]:
+    """[{"label", "start", "end"}]: where each annotation row is positive (its relevant windows when it has
+    several, else its own [start, end]); `label_of(row)` names the row."""
+    out = []
+    for row in range(len(np.reshape(spans, (-1, 2)))):
+        for s, e in row_windows(spans, fields.get("relevant_windows", np.zeros((0, 2))),
+                                fields.get("relevant_window_caption", ()), row):
+            out.append({"label": label_of(row), "start": round(float(s), 6), "end": round(float(e), 6)})
+    return out
+
+
+def describe(fields: Mapping[str, Any], class_name) -> dict:
+    return {"captions": list(fields["captions"]),
+            "segments": row_segments(fields["windows"], fields, lambda row: fields["captions"][row])}
+
+
 def builtin_window(clip: BuiltinClip) -> dict:
     return {"captions": [f"the {clip.class_name} square appears"], "windows": np.array([clip.seconds], np.float32)}
 
@@ -46,4 +63,4 @@ GROUNDING = registry.TaskSpec(
     # The original's `task_grounding.py`: TaCoS ids + "-cam-002.avi"; others ".mp4" unless already there.
     datasets={"TaCoS": registry.DatasetRule(video_suffix="-cam-002.avi", always=True)},
     transform=GroundingTransform, pipeline_defaults=dict(crop="short_side", flip=False),
-    builtin_fields=builtin_window, make_head=TaskHead, loss=grounding_loss)
+    builtin_fields=builtin_window, make_head=TaskHead, loss=grounding_loss, describe=describe)

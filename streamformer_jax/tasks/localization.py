@@ -13,6 +13,7 @@ from data_pipelines.annotations import localization as annotations
 from data_pipelines.pipeline.builtin import CLASS_NAMES, BuiltinClip
 from data_pipelines.pipeline.transforms import LocalizationTransform
 from streamformer_jax.tasks import losses, registry
+from streamformer_jax.tasks.grounding import row_segments
 from streamformer_jax.tasks.heads import TaskHead
 from streamformer_jax.tasks.templates import VIDEO_TEMPLATES
 
@@ -46,6 +47,12 @@ def segment_rows(fields: Mapping[str, Any]) -> int:
     return len(fields["segment_labels"])
 
 
+def describe(fields: Mapping[str, Any], class_name) -> dict:
+    ds = fields.get("dataset", "")
+    names = [class_name(int(c), ds) for c in fields["segment_labels"]]
+    return {"labels": names, "segments": row_segments(fields["segments"], fields, lambda row: names[row])}
+
+
 def builtin_segment(clip: BuiltinClip) -> dict:
     return {"segments": np.array([clip.seconds], np.float32), "segment_labels": np.array([clip.cls], np.int32)}
 
@@ -62,4 +69,4 @@ LOCALIZATION = registry.TaskSpec(
               "TaCoS": registry.DatasetRule(video_suffix="-cam-002.avi", always=True)},
     transform=LocalizationTransform, pipeline_defaults=dict(crop="short_side", flip=False),
     builtin_fields=builtin_segment, builtin_class_names=CLASS_NAMES, make_head=TaskHead, loss=localization_loss,
-    templates=VIDEO_TEMPLATES)
+    templates=VIDEO_TEMPLATES, describe=describe)

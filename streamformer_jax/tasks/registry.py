@@ -93,6 +93,10 @@ class TaskSpec:
       record_samples(fields) -> how many samples (annotation rows) one record holds; each sample is drawn
         as often as the original draws that row (default 1: one sample per record).
       per_dataset_labels: label ids index a per-dataset table (the nested label2id of localization and VIS).
+    Inspection (`python -m data_pipelines.inspect`):
+      describe(fields, class_name) -> the record's annotation for a reader: "labels" (class names), "captions",
+        "segments" ([{"label", "start", "end"}]: class name or query text, seconds), "categories" (names), as the
+        task has them; `class_name(id, dataset)` names a class id.
     Input pipeline (`data_pipelines.pipeline`):
       transform: the grain `RandomMap` class, built as `transform(options, task=name)`.
       pipeline_defaults: `configs/data_pretrain.task_config` keys (crop, flip, randaugment, ...) for this task.
@@ -125,6 +129,7 @@ class TaskSpec:
     read_original: Callable[[Mapping[str, Any]], Any] | None = None
     record_samples: Callable[[Mapping[str, Any]], int] | None = None
     per_dataset_labels: bool = False
+    describe: Callable[[Mapping[str, Any], Callable[[int, str], str]], dict] | None = None
     pipeline_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     builtin_class_names: tuple[str, ...] = ()
     builtin_whole_clip: bool = False

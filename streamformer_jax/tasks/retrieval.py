@@ -38,6 +38,16 @@ def check_record(ex: Mapping[str, Any]) -> None:
         raise schema.SchemaError(f"{ex['video_id']!r}: caption_row must give each caption's row, 0, 1, ... in order")
 
 
+def describe(fields: Mapping[str, Any], class_name) -> dict:
+    rows = np.asarray(fields.get("caption_row", ()), np.int64)
+    out = {"captions": list(fields["captions"])}
+    if rows.size:
+        out["rows"] = [[c for c, r in zip(fields["captions"], rows) if r == k] for k in range(int(rows.max()) + 1)]
+    if fields.get("trim_seconds"):
+        out["trim_seconds"] = float(fields["trim_seconds"])
+    return out
+
+
 def builtin_captions(clip: BuiltinClip) -> dict:
     return {"captions": [f"a {clip.class_name} square {clip.direction}", f"a {clip.class_name} block slides across"]}
 
@@ -52,4 +62,5 @@ RETRIEVAL = registry.TaskSpec(
     datasets={"LSMDC": registry.DatasetRule(video_suffix=".avi", always=True),
               "MSVD": registry.DatasetRule(video_suffix=".avi", always=True)},
     transform=RetrievalTransform, pipeline_defaults=dict(crop="short_side", flip=True),
-    builtin_fields=builtin_captions, builtin_whole_clip=True, make_head=TaskHead, loss=retrieval_loss)
+    builtin_fields=builtin_captions, builtin_whole_clip=True, make_head=TaskHead, loss=retrieval_loss,
+    describe=describe)

@@ -52,6 +52,11 @@ def instance_counts(fields: Mapping[str, Any]) -> dict[str, int]:
     return {"instances": len(fields["categories"]), **collections.Counter(f"label/{x}" for x in fields["categories"])}
 
 
+def describe(fields: Mapping[str, Any], class_name) -> dict:
+    ds = fields.get("dataset", "")
+    return {"categories": [class_name(int(c), ds) for c in fields["categories"]]}
+
+
 def builtin_instance(clip: BuiltinClip) -> dict:
     lengths, counts = schema.encode_masks(clip.masks())
     return {"categories": np.array([clip.cls], np.int32), "mask_rle_lengths": lengths, "mask_rle_counts": counts}
@@ -63,4 +68,4 @@ VIS = registry.TaskSpec(
     parse_annotations=annotations.parse, read_original=annotations.read_original,
     annotation_class_names=annotations.category_names, record_counts=instance_counts, per_dataset_labels=True, transform=VISTransform, pipeline_defaults=dict(crop="short_side", flip=True),
     builtin_fields=builtin_instance, builtin_class_names=CLASS_NAMES, make_head=VISHead, loss=vis_loss,
-    templates=SCENE_TEMPLATES, official_head_rules=OFFICIAL_HEAD_RULES)
+    templates=SCENE_TEMPLATES, official_head_rules=OFFICIAL_HEAD_RULES, describe=describe)
