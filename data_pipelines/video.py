@@ -110,7 +110,8 @@ def iter_frames(path, fps: float | None = None, max_frames: int | None = None,
     """Yield ``(time_seconds, rgb uint8 [H, W, 3])`` for the kept frames, in order.
 
     * ``fps``: keep the first frame at or after each tick of a ``fps`` grid starting at 0 (never duplicates
-      frames, so the kept rate is at most the source rate). None keeps every frame.
+      frames, so the kept rate is at most the source rate). None keeps every decoded frame (as decord counts
+      them; the original loaders sample by frame index).
     * ``max_frames``: lower the grid rate so the whole video fits (see :func:`plan`), then hard cap.
     * ``short_side``: downscale (area filter) so min(H, W) == short_side; smaller videos stay as they are.
     * Times are the frames' presentation times relative to the stream start (index / fps when a frame has no
@@ -127,6 +128,9 @@ def iter_frames(path, fps: float | None = None, max_frames: int | None = None,
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         width, height = p.size
         next_tick, kept, decoded, last_time, last_decoded_time = 0, 0, 0, -math.inf, 0.0
+        # No target rate and no cap lowering it: keep every frame, as decord indexes them (a millisecond time
+        # base, e.g. WebM's, puts frame 1 of 12 fps at 0.083 s, below the 1/12 s grid tick).
+        every_frame = not fps and p.fps >= info.source_fps
         try:
             for frame in container.decode(stream):
                 t = frame.time - start if frame.time is not None else decoded / info.source_fps
@@ -135,7 +139,7 @@ def iter_frames(path, fps: float | None = None, max_frames: int | None = None,
                 if t <= last_time:  # duplicated/out-of-order timestamps: keep times strictly increasing
                     continue
                 tick = math.floor(t * p.fps + 1e-6)
-                if tick < next_tick:
+                if tick < next_tick and not every_frame:
                     continue
                 next_tick, last_time = tick + 1, t
                 rgb = frame.reformat(width=width, height=height, format="rgb24",

@@ -33,6 +33,10 @@ class Options:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
 
 
+class SegmentationError(ValueError):
+    """A VIS segmentation that does not decode to a mask of its frame (the item is skipped with this reason)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
     """A record (``data``) or the reason the item was skipped. ``num_frames`` feeds the counts."""
@@ -80,7 +84,7 @@ def _image_sequence_example(item: Item, opts: Options) -> dict:
             try:
                 m = decode_segmentation(segs[i], src.height, src.width)
             except (ValueError, TypeError, KeyError) as err:
-                raise ValueError(f"malformed segmentation (instance {k}, frame {int(i)}): {err}") from None
+                raise SegmentationError(f"malformed segmentation (instance {k}, frame {int(i)}): {err}") from None
             if m is None:
                 m = np.zeros((height, width), np.uint8)
             elif m.shape != (height, width):
@@ -113,5 +117,7 @@ def run_item(item: Item, task: str, opts: Options) -> Result:
         # Image sequences: say which frame file failed (the skip entry names the sequence's first file).
         reason = err.reason if err.path == item.source else f"{os.path.basename(err.path)}: {err.reason}"
         return Result(None, reason)
+    except SegmentationError as err:
+        return Result(None, str(err))
     except (ValueError, OSError) as err:  # unusable masks, unreadable image, etc.: skip, keep the reason
         return Result(None, f"{type(err).__name__}: {err}")

@@ -57,13 +57,17 @@ def frame_segment_labels(times: np.ndarray, segments: np.ndarray, labels: np.nda
 
 
 def category_map(masks: np.ndarray, categories: np.ndarray) -> np.ndarray:
-    """VIS target (§6.7): int32 [..., H, W] with each instance's category id on its pixels, -1 elsewhere.
+    """VIS target (§6.7): int32 [..., H, W] with the category value on each instance's pixels, -1 elsewhere.
 
-    `masks` is bool [N, ..., H, W] (one per instance). Later instances overwrite earlier ones, as in the
-    original. Background is -1 rather than the original's 0 so that category id 0 stays a real class.
+    `masks` is bool [N, ..., H, W] (one per instance). As the original: the masks of one category are OR-ed, and
+    the categories are painted in the order they first appear, a later category over an earlier one. Background
+    is -1 rather than the original's 0 so that a category valued 0 (COCO's "person") stays a real class.
     """
     masks = np.asarray(masks, bool)
     out = np.full(masks.shape[1:], BACKGROUND, np.int32)
+    union: dict[int, np.ndarray] = {}
     for m, c in zip(masks, np.asarray(categories).reshape(-1)):
-        out[m] = int(c)
+        union[int(c)] = union[int(c)] | m if int(c) in union else m
+    for c, m in union.items():
+        out[m] = c
     return out
