@@ -38,3 +38,18 @@ def fixtures_dir():
 @pytest.fixture
 def videos_dir():
     return require_shared(VIDEOS)
+
+
+@pytest.fixture(scope="session")
+def original_world(tmp_path_factory):
+    """The original pretraining data layout (`original_formats`: all.yaml + the annotation files of its 18
+    datasets, tiny real videos and images) converted once per session with `convert from-metadata`."""
+    import original_formats
+
+    from data_pipelines.convert import convert_metadata
+
+    root = tmp_path_factory.mktemp("original")
+    metadata = original_formats.write_original_datasets(root / "src")
+    notes = []
+    summaries = convert_metadata(str(metadata), str(root / "records"), progress=False, log=notes.append)
+    return dict(root=root, metadata=metadata, out=root / "records", summaries=summaries, notes=notes)

@@ -18,7 +18,7 @@ import pytest
 import original_formats as formats
 import original_reference as ref
 from data_pipelines import schema
-from data_pipelines.convert import convert_metadata, load_metadata
+from data_pipelines.convert import load_metadata
 from data_pipelines.pipeline import label_tables, loader, sources, transforms
 from data_pipelines.pipeline.samples import TaskStream
 from streamformer_jax.tasks import registry
@@ -36,18 +36,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """The original-format tree, its conversion, and the reference's view of it."""
-    root = tmp_path_factory.mktemp("original")
-    metadata = formats.write_original_datasets(root / "src")
-    out = root / "records"
-    notes = []
-    summaries = convert_metadata(str(metadata), str(out), progress=False, log=notes.append)
-    blocks = ref.load_metadata(metadata)
+def world(original_world):
+    """The converted original-format tree (conftest `original_world`) and the reference's view of it."""
+    blocks = ref.load_metadata(original_world["metadata"])
     oracle = {ref.TASK_NAMES[k]: ref.task_samples(k, b) for k, b in blocks.items()}
     tables = {ref.TASK_NAMES[k]: ref.label_tables(k, b) for k, b in blocks.items() if "label2id_path" in b}
-    return dict(root=root, metadata=metadata, out=out, summaries=summaries, notes=notes, blocks=blocks,
-                oracle=oracle, tables=tables)
+    return dict(original_world, blocks=blocks, oracle=oracle, tables=tables)
 
 
 def _video_info(path):
