@@ -347,3 +347,17 @@ def test_builtin_tfrecord_and_arrayrecord_read_the_same(tmp_path):
     sa, sb = sources.open_source(a["grounding"]), sources.open_source(b["grounding"])
     assert len(sa) == len(sb) == 2 and [sa[i] for i in range(2)] == [sb[i] for i in range(2)]
     assert sources.metadata(b["grounding"])["format"] == "tfrecord"
+
+
+def test_vis_patch_resolution_option(records):
+    """mask_resolution="patch": one target per patch, the source pixel under each patch centre."""
+    out = transforms.make_transform("vis", options(train=False, mask_resolution="patch")).random_map(
+        records["vis"][4], np.random.default_rng(0))
+    assert out["mask"].shape == (T, SIZE // 4, SIZE // 4)
+    # Eval crop = centre 32 x 32 box (columns 4..35); patch centres sit at source offsets 4, 12, 20, 28.
+    rows = np.array([4, 12, 20, 28])
+    for f, i in zip(out["mask"], out["frame_index"]):
+        np.testing.assert_array_equal(f, np.where(square_mask(i)[rows][:, 4 + rows] > 0, 0, -1))
+    with pytest.raises(ValueError, match="mask_resolution"):
+        transforms.make_transform("vis", options(train=False, mask_resolution="pixel")).random_map(
+            records["vis"][4], np.random.default_rng(0))
