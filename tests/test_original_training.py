@@ -230,3 +230,35 @@ def test_resume_across_the_epochs_last_cycle_is_exact(original_world, jax_cache,
                     jax.tree_util.tree_leaves(loop.train(config, tmp_path / "split", log=lambda s: None)["state"]
                                               ["params"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.slow
+def test_readme_original_datasets_job(tmp_path):
+    """The README's "Pretraining on the original datasets" block as written (/tmp/sf_orig moved into tmp_path), on
+    one CPU device, and the numbers the README gives for it."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from test_train_support import REPO
+
+    section = (REPO / "README.md").read_text().split("### Pretraining on the original datasets", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    work = tmp_path / "sf_orig"
+    env = subprocess_env(1, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block.replace("/tmp/sf_orig", str(work))], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert f"finished: step 20/20 (done); workdir {work / 'run'}" in proc.stdout
+    metas = {t: json.loads((work / "records" / t / "metadata.json").read_text()) for t in TASKS}
+    assert [metas[t]["num_samples"] for t in TASKS] == [4, 3, 8, 11, 5, 6]
+    assert sum(m["num_examples"] for m in metas.values()) == 29 and sum(m["num_skipped"] for m in metas.values()) == 4
+    inspected = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"video_id"')]
+    assert [r["labels"] for r in inspected] == [["archery", "bowling"], ["surfing", "diving"]]
+    rows = read_metrics(work / "run")
+    assert {k.split("/", 1)[1] for r in rows for k in r if k.startswith("loss/")} == set(TASKS)
+    assert rows[0]["loss"] == pytest.approx(12.4, abs=0.1) and rows[-1]["loss"] == pytest.approx(2.1, abs=0.1)
+    config = json.loads((work / "run" / "config.json").read_text())
+    assert config["accum_steps"] == 0 and rows[-1]["clips_seen"] == 20 * 6 * 2  # one 6-micro-batch cycle per step
