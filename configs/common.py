@@ -1,25 +1,15 @@
 """Shared pieces of the training configs (`configs/pretrain_multitask.py`, `configs/finetune_*.py`).
 
-Config files are loaded by path (ml_collections `config_flags`), so they import this module by path too
-(`load_sibling`). Every config is a plain `ml_collections.ConfigDict`; the trainer locks it, so an override of
-a key that does not exist (`--config.totl_steps=5`) is an error.
+Config files are loaded by path (ml_collections `config_flags`), so they load this module by path too
+(`streamformer_jax.train.config_files.load_sibling`). Every config is a plain `ml_collections.ConfigDict`; the
+trainer locks it, so an override of a key that does not exist (`--config.totl_steps=5`) is an error.
 """
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-HERE = pathlib.Path(__file__).resolve().parent
-
-
-def load_sibling(name: str):
-    """Import `configs/<name>.py` by path (configs are not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_sf_configs_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from streamformer_jax.models.config import get_preset
+from streamformer_jax.train.config_files import load_sibling
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -68,8 +58,6 @@ ARCH_FIELDS = ("hidden_size", "num_layers", "num_heads", "mlp_size", "image_size
 
 
 def architecture(preset: str, **overrides) -> ml_collections.ConfigDict:
-    from streamformer_jax.models.config import get_preset
-
     arch = get_preset(preset, **overrides)
     return ml_collections.ConfigDict({k: getattr(arch, k) for k in ARCH_FIELDS})
 
@@ -175,7 +163,7 @@ def tiny_overrides(config: ml_collections.ConfigDict) -> None:
     config.peak_tflops_per_device = 0.205  # this project's 2-core CPU, float32 matmul peak
     config.text.max_length = 16
     config.text.allow_random = True  # no SigLIP download on a CPU: the documented random text tower
-    data = load_sibling("data_builtin").get_config()
+    data = load_sibling(__file__, "data_builtin").get_config()
     data.num_frames = 4
     data.image_size = 32
     for name in data.tasks:
@@ -236,7 +224,7 @@ def finetune_config(task: str, arg: str | None) -> ml_collections.ConfigDict:
     config.total_steps = -1
     config.epochs = 30.0
     config.log_every = 50
-    data = load_sibling("data_pretrain").get_config()  # RandAugment on for kinetics and ssv2
+    data = load_sibling(__file__, "data_pretrain").get_config()  # RandAugment on for kinetics and ssv2
     finalize_data(config, data)
     if arg.variant == "tiny":
         # The built-in dataset (kinetics: 8 clips, label = colour) without RandAugment, whose colour ops

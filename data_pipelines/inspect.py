@@ -18,8 +18,9 @@ import json
 import os
 import sys
 
-from data_pipelines import schema
-from data_pipelines.pipeline import label_tables, sources
+from data_pipelines.records import schema
+from data_pipelines.pipeline import label_tables, loader
+from data_pipelines.records import sources
 from streamformer_jax.tasks import registry
 
 
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
     try:
         if not os.path.isdir(args.dir):
             raise FileNotFoundError(f"{args.dir}: no such directory")
-        meta = sources.metadata(args.dir)
+        meta = loader.directory_metadata(args.dir)
         src = sources.open_source(args.dir)
         if not 0 <= args.index < len(src):
             raise ValueError(f"{args.dir}: --index {args.index} out of range (it holds {len(src)} records)")

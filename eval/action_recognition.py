@@ -34,10 +34,21 @@ import pathlib
 import sys
 from typing import Callable, Iterable, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
+from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
 
+from streamformer_jax import cli, sharding
+from streamformer_jax.checkpoint import load_any
 from streamformer_jax.convert.classifier_io import load_ar_checkpoint, load_head, save_head
 from streamformer_jax.models.classifier import POOLINGS, head_logits, init_head, pool_clip
+from streamformer_jax.models.params import model_from_flat_params
+from streamformer_jax.models.streamformer import normalize_pixels
+from streamformer_jax.video import VideoReader, VideoReadError, resize_short_side
 
 # ------------------------------------------------------------------------------------------ annotation lists
 
@@ -129,23 +140,9 @@ def spatial_crop_starts(long_side: int, crop: int, num_crops: int) -> list[int]:
     return [int(j * step) for j in range(num_crops)]
 
 
-def resize_short_side(frame: np.ndarray, size: int, interpolation: str = "BILINEAR") -> np.ndarray:
-    """uint8 [H, W, 3] -> short side = size, aspect kept (long side rounded), via FFmpeg swscale."""
-    from streamformer_jax.video import resized_shape
-
-    h, w = resized_shape(frame.shape[0], frame.shape[1], size)
-    if (h, w) == frame.shape[:2]:
-        return np.ascontiguousarray(frame)
-    import av
-
-    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-    return vf.reformat(width=w, height=h, interpolation=interpolation).to_ndarray(format="rgb24")
-
-
 def decode_all(path, size: int) -> np.ndarray:
-    """Every frame of a video, short side resized to `size`: uint8 [n, H', W', 3]. Raises VideoReadError."""
-    from streamformer_jax.video import VideoReader
-
+    """Every frame of a video, short side resized to `size` (bilinear): uint8 [n, H', W', 3]. Raises
+    VideoReadError."""
     with VideoReader(path, None) as reader:
         return np.stack([resize_short_side(f, size) for _, f in reader])
 
@@ -184,21 +181,16 @@ class ClipClassifier:
     """
 
     def __init__(self, config, params, head: Mapping | None = None, pooling: str = "mean", mesh=None):
-        import jax
-        from flax import nnx
-
-        from streamformer_jax import sharding
-        from streamformer_jax.models.params import model_from_flat_params
-        from streamformer_jax.models.streamformer import normalize_pixels
-
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.config, self.pooling = config, pooling
         self.mesh = mesh if mesh is not None else sharding.make_mesh()
         graphdef, state = nnx.split(model_from_flat_params(config, params))
         self._state = sharding.shard_state(state, self.mesh, "dp")
-        self._repl = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        self.head = None if head is None else jax.device_put(head, self._repl)
+        self._replicated = sharding.replicated(self.mesh)
+        self.head = None
+        if head is not None:
+            self.set_head(head)
 
         def feats(state, frames):
             return pool_clip(nnx.merge(graphdef, state), normalize_pixels(frames), pooling)
@@ -211,21 +203,16 @@ class ClipClassifier:
         self._feats = jax.jit(feats)
         self._probs = jax.jit(probs)
 
+    def set_head(self, head: Mapping) -> None:
+        """The classification head (a head dict), replicated on the mesh."""
+        self.head = jax.device_put(head, self._replicated)
+
     @property
     def batch_devices(self) -> int:
-        import jax
-
-        from streamformer_jax.sharding import BATCH_AXES
-
-        n = int(np.prod([self.mesh.shape[a] for a in BATCH_AXES]))
-        return max(1, n // jax.process_count())  # rows per host must be a multiple of its batch devices
+        return sharding.batch_devices(self.mesh)  # rows per host must be a multiple of it
 
     def _put(self, frames: np.ndarray):
-        import jax
-
-        from streamformer_jax.sharding import batch_sharding
-
-        return jax.make_array_from_process_local_data(batch_sharding(self.mesh, frames.ndim), frames)
+        return jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh, frames.ndim), frames)
 
     @staticmethod
     def _local(x) -> np.ndarray:
@@ -251,8 +238,6 @@ class ClipClassifier:
 
 
 def host_slice(items: Sequence, process_index: int | None = None, process_count: int | None = None) -> list:
-    import jax
-
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     return list(items)[pi::pc]
@@ -287,10 +272,6 @@ def evaluate(classifier, videos: Sequence[tuple[str, int]], protocol: Protocol, 
     keep_scores: also return the view-averaged softmax of this host's videos as result["scores"] [n, C]
     (in the order of result["per_video"]; not written to the JSON).
     """
-    from tqdm.auto import tqdm
-
-    from streamformer_jax.video import VideoReadError
-
     crop = classifier.config.image_size
     if batch_size % classifier.batch_devices:
         raise ValueError(f"batch_size {batch_size} must be a multiple of the {classifier.batch_devices} "
@@ -352,18 +333,12 @@ def evaluate(classifier, videos: Sequence[tuple[str, int]], protocol: Protocol, 
 
 
 def _sum_over_hosts(x: np.ndarray) -> np.ndarray:
-    import jax
-
     if jax.process_count() == 1:
         return x
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(x)).sum(0)
 
 
 def _write_json(path, obj) -> None:
-    import jax
-
     path = pathlib.Path(path)
     if jax.process_count() > 1:  # per-video lists are per host; the summary is the same everywhere
         path = path.with_name(f"{path.stem}.host{jax.process_index()}{path.suffix}")
@@ -380,10 +355,6 @@ def extract_train_features(classifier, videos: Sequence[tuple[str, int]], protoc
                            batch_size: int = 8, progress: bool = True, load_view: Callable | None = None
                            ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """One centre view per video -> (features [N, D], labels [N], failed). This host's slice only."""
-    from tqdm.auto import tqdm
-
-    from streamformer_jax.video import VideoReadError
-
     crop = classifier.config.image_size
     load_view = load_view or (lambda p: center_view(decode_all(p, crop), protocol, crop))
     failed = []
@@ -415,12 +386,8 @@ def extract_train_features(classifier, videos: Sequence[tuple[str, int]], protoc
 
 def gather_rows(feats: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate every host's (features, labels) rows in host order (identity on one host)."""
-    import jax
-
     if jax.process_count() == 1:
         return feats, labels
-    from jax.experimental import multihost_utils
-
     counts = np.asarray(multihost_utils.process_allgather(np.array([len(labels)]))).reshape(-1)
     m = int(counts.max())
     pad_f = np.zeros((m, feats.shape[1]), np.float32)
@@ -437,10 +404,6 @@ def train_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: in
                        learning_rate: float = 1e-2, weight_decay: float = 1e-4, batch_size: int | None = None,
                        seed: int = 0) -> dict:
     """Train the (fc_norm + classifier) head on frozen features with AdamW + softmax cross-entropy."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
     x = jnp.asarray(features, jnp.float32)
     y = jnp.asarray(labels, jnp.int32)
     head = jax.tree.map(jnp.asarray, init_head(x.shape[1], num_classes, seed))
@@ -473,17 +436,17 @@ def train_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: in
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.action_recognition",
+    p = cli.ArgumentParser(prog="python -m eval.action_recognition",
                                 description="Action recognition: linear probe on frozen features and the "
                                 "original multi-view test protocol (K400 4x3, SSv2 2x3).")
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("probe", "evaluate"):
         s = sub.add_parser(name)
-        s.add_argument("--checkpoint", required=True, help="our checkpoint or an official HF directory")
+        cli.add_checkpoint(s)
         s.add_argument("--dataset", choices=("k400", "ssv2"), required=True)
         s.add_argument("--val-list", required=True, help="annotation list: 'file,label' or 'id label' lines")
         s.add_argument("--root", default="", help="directory the list's file names are relative to")
-        s.add_argument("--out", required=True, help="results JSON")
+        cli.add_out(s, help="results JSON", metavar="OUT.json")
         s.add_argument("--pooling", choices=POOLINGS[:2], default="mean")
         s.add_argument("--official-pooling-bug", action="store_true",
                        help="pool as the original AR model (needed to reproduce the released k400.pt/ssv2.pt)")
@@ -506,11 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import jax
-
-    from streamformer_jax.checkpoint import load_any
-
     args = build_parser().parse_args(argv)
+    return cli.run(lambda: _main(args), errors=(ValueError, OSError, KeyError))
+
+
+def _main(args) -> int:
     config, params = load_any(args.checkpoint)
     ar_head = None
     if getattr(args, "ar_checkpoint", None):
@@ -536,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                      probe={"steps": args.steps, "lr": args.lr, "weight_decay": args.weight_decay})
     else:
         head = ar_head if ar_head is not None else load_head(args.head)
-    clf.head = jax.device_put(head, clf._repl)
+    clf.set_head(head)
     res = evaluate(clf, val, protocol, batch_size=batch, progress=not args.no_progress, out=args.out, extra=extra)
     print(f"{args.dataset}: top1 {res['top1']:.4f} top5 {res['top5']:.4f} over {res['num_videos']} videos "
           f"({res['num_failed']} unreadable) -> {args.out}", file=sys.stderr)

@@ -4,19 +4,21 @@ Frames of the test records encode their index in the green channel and the horiz
 channel (a left-to-right ramp), so a test can tell which stored frame a decoded frame is and whether the clip
 was flipped, after any crop.
 """
-import importlib.util
 import json
 import multiprocessing
-import pathlib
 
 import grain
 import jax
 import numpy as np
 import pytest
 
-from data_pipelines import schema
-from data_pipelines.pipeline import builtin, loader, mixture, sampling, sources, transforms
+from data_pipelines.records import frames as jpeg
+from data_pipelines.records import schema
+from data_pipelines.pipeline import builtin, loader, mixture, sampling, transforms
+from data_pipelines.records import sources
+from streamformer_jax.models.streamformer import normalize_pixels
 from streamformer_jax.tasks import registry
+from streamformer_jax.train.config_files import load_config
 
 W, H, N = 40, 32, 24  # stored frame size and frame count of the test records
 FPS = 4.0
@@ -52,7 +54,7 @@ def square_mask(i):
 
 def make_record(task, k, n=N):
     times = np.arange(n) / FPS
-    ex = dict(task=task, video_id=f"{task}{k:03d}", frames=[schema.encode_jpeg(frame_rgb(i)) for i in range(n)],
+    ex = dict(task=task, video_id=f"{task}{k:03d}", frames=[jpeg.encode_jpeg(frame_rgb(i)) for i in range(n)],
               frame_times=times, fps=FPS, source_fps=FPS, height=H, width=W, duration=n / FPS, dataset="test")
     if task in ("kinetics", "ssv2"):
         ex["label"] = k % 5
@@ -304,27 +306,19 @@ def test_global_batch_is_sharded_over_the_data_axes(records):
     assert {s.data.shape[0] for s in video.addressable_shards} == {2}  # 8 rows over 4 data shards
     np.testing.assert_array_equal(np.asarray(video), host["video"])
     assert out["task"] == "kinetics" and isinstance(out["video_id"], np.ndarray)  # strings stay on host
-    normed = jax.jit(loader.normalize_frames)(video)
+    normed = jax.jit(normalize_pixels)(video)
     np.testing.assert_allclose(np.asarray(normed), host["video"] / 127.5 - 1.0, atol=1e-6)
 
 
 def test_normalize_frames_range():
     x = np.array([0, 255, 128], np.uint8)
-    np.testing.assert_allclose(np.asarray(loader.normalize_frames(x)), [-1.0, 1.0, 128 / 127.5 - 1], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(normalize_pixels(x)), [-1.0, 1.0, 128 / 127.5 - 1], atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------- built-in data
 def _centroid_x(clip):
     sat = clip.max(axis=-1).astype(int) - clip.min(axis=-1).astype(int) > 80  # the coloured square
     return [np.nonzero(f.any(axis=0))[0].mean() for f in sat if f.any()]
-
-
-def load_config(name, *args):
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(*args)
 
 
 def test_builtin_dataset_through_the_config(tmp_path):
@@ -346,7 +340,7 @@ def test_builtin_tfrecord_and_arrayrecord_read_the_same(tmp_path):
     b = builtin.build_builtin_dataset(tmp_path / "b", videos_per_task=2, tasks=("grounding",), fmt="tfrecord")
     sa, sb = sources.open_source(a["grounding"]), sources.open_source(b["grounding"])
     assert len(sa) == len(sb) == 2 and [sa[i] for i in range(2)] == [sb[i] for i in range(2)]
-    assert sources.metadata(b["grounding"])["format"] == "tfrecord"
+    assert sources.load_metadata(b["grounding"])["format"] == "tfrecord"
 
 
 def test_vis_patch_resolution_option(records):

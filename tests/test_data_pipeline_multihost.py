@@ -14,7 +14,8 @@ HOST_SCRIPT = textwrap.dedent(
     port, pid, data_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
     from jax.experimental import multihost_utils
-    from data_pipelines.pipeline import loader, mixture, sources, transforms
+    from data_pipelines.pipeline import loader, mixture, transforms
+    from data_pipelines.records import sources
 
     B = 4  # global batch
     opts = transforms.ClipOptions(num_frames=4, size=16, crop="rrc")

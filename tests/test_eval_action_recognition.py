@@ -72,9 +72,7 @@ def test_official_bug_groups_hand_computed():
 
 @pytest.fixture(scope="module")
 def tiny_official():
-    from conftest import FIXTURES, require_shared
-
-    require_shared(FIXTURES)
+    from conftest import FIXTURES
     from streamformer_jax.checkpoint import load_any
 
     config, params = load_any(FIXTURES / "tiny")

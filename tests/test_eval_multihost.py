@@ -43,9 +43,8 @@ HOST_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_two_hosts_give_the_single_host_metrics(tmp_path):
-    from conftest import FIXTURES, require_shared
+    from conftest import FIXTURES
 
-    require_shared(FIXTURES)
     script = tmp_path / "host.py"
     script.write_text(HOST_SCRIPT)
     outs = run_two_hosts(script, [FIXTURES / "tiny", tmp_path], timeout=240)

@@ -102,8 +102,10 @@ def test_loss_equals_numpy_cross_entropy_on_numpy_mixed_clips():
 
 def test_trainable_and_weight_decay_split():
     from streamformer_jax.train.model_kinds import build_task_model
+    from streamformer_jax.train.task_model import ModelSettings
 
-    tm = build_task_model(_finetune_config(), {"kinetics": ["red", "green", "blue", "yellow"]})
+    settings = ModelSettings.from_config(_finetune_config())
+    tm = build_task_model(settings, {"kinetics": ["red", "green", "blue", "yellow"]})
     names = list(_flat(tm.model))
     frozen = sorted(n for n in names if not tm.trainable(n))
     assert frozen == sorted(f"backbone.layers.0.attention.{p}.base.{w}" for p in ("qkv", "out")
@@ -124,8 +126,10 @@ def test_export_is_what_eval_reads(tmp_path):
     """WORKDIR/export as the trainer writes it -> `eval.action_recognition` gives the model's own softmax."""
     from streamformer_jax.checkpoint import load_any, save_checkpoint
     from streamformer_jax.train.model_kinds import build_task_model
+    from streamformer_jax.train.task_model import ModelSettings
 
-    tm = build_task_model(_finetune_config(), {"kinetics": ["red", "green", "blue", "yellow"]})
+    settings = ModelSettings.from_config(_finetune_config())
+    tm = build_task_model(settings, {"kinetics": ["red", "green", "blue", "yellow"]})
     _randomize(tm.model, 3)
     flat = _flat(tm.model)
     out = tmp_path / "export"
@@ -154,7 +158,7 @@ def test_export_is_what_eval_reads(tmp_path):
 
 def test_init_from_checkpoints_with_and_without_lora(tmp_path):
     from streamformer_jax.checkpoint import save_checkpoint
-    from streamformer_jax.models.params import flat_params
+    from streamformer_jax.param_tree import flat_params
     from streamformer_jax.models.streamformer import init_model
 
     for rank in (0, 4):

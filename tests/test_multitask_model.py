@@ -12,6 +12,7 @@ from streamformer_jax.convert.keymap import backbone_rules, ours_to_official
 from streamformer_jax.models.config import tiny
 from streamformer_jax.models.streamformer import normalize_pixels
 from streamformer_jax.text import SiglipTextConfig
+from streamformer_jax.param_tree import flat_params
 from streamformer_jax.tasks import model as mt
 from streamformer_jax.tasks import registry
 from streamformer_jax.train import param_groups
@@ -35,7 +36,7 @@ def _sig(z, y):
 def _randomize(model, seed):
     """Every parameter random (the official init leaves LoRA B, gates and time embeddings at 0)."""
     rng = np.random.default_rng(seed)
-    flat = mt.multitask_flat_params(model)
+    flat = flat_params(model)
     model.set_params({k: (rng.standard_normal(v.shape) * (0.3 if v.ndim else 1.0)).astype(np.float32)
                       for k, v in flat.items() if not k.startswith("heads.")})
 
@@ -168,7 +169,7 @@ def test_vis_projection_starts_as_a_copy_of_the_map_head():
             if k.startswith(ours + "."):
                 np.testing.assert_array_equal(v, head[theirs + k[len(ours):]], err_msg=k)
     # separate trainable copies, not aliases
-    assert "heads.vis.w_v.kernel" in mt.multitask_flat_params(m)
+    assert "heads.vis.w_v.kernel" in flat_params(m)
     m.heads["vis"].w_v.kernel[...] = m.heads["vis"].w_v.kernel[...] + 1.0
     assert not np.array_equal(_np_params(m.backbone.head)["value.kernel"], _np_params(m.heads["vis"])["w_v.kernel"])
 
@@ -217,7 +218,7 @@ def test_gradients_reach_only_trainable_parameters_under_the_masks(model, batch_
 def test_masks_reproduce_the_original_parameter_groups():
     cfg = tiny()
     m = mt.MultiTaskModel(cfg, registry.names(), text_config=TEXT, rngs=None)
-    flat = mt.multitask_flat_params(m)
+    flat = flat_params(m)
     decay, train = param_groups.weight_decay_mask(flat), param_groups.trainable_mask(flat)
     official = ours_to_official({k[len("backbone."):]: np.asarray(v) for k, v in flat.items()
                                  if k.startswith("backbone.")}, cfg, include_buffers=False)
@@ -235,7 +236,7 @@ def test_masks_reproduce_the_original_parameter_groups():
         assert decay[f"heads.vis.{k}"] == want and train[f"heads.vis.{k}"], k
     assert not any(v for k, v in train.items() if k.startswith("text_encoder."))
     # without LoRA nothing in the backbone is frozen
-    no_lora = mt.multitask_flat_params(mt.MultiTaskModel(tiny(lora_rank=0), ["kinetics"], rngs=None))
+    no_lora = flat_params(mt.MultiTaskModel(tiny(lora_rank=0), ["kinetics"], rngs=None))
     assert all(param_groups.trainable_mask(no_lora).values())
 
 

@@ -17,9 +17,10 @@ import pytest
 
 import original_formats as formats
 import original_reference as ref
-from data_pipelines import schema
-from data_pipelines.convert import load_metadata
-from data_pipelines.pipeline import label_tables, loader, sources, transforms
+from data_pipelines.records import schema
+from data_pipelines.pipeline import label_tables, loader, transforms
+from data_pipelines.records import sources
+from data_pipelines.records.sources import load_metadata
 from data_pipelines.pipeline.samples import TaskStream
 from streamformer_jax.tasks import registry
 

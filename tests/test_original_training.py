@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data_pipelines.convert import load_metadata
+from data_pipelines.records.sources import load_metadata
 from data_pipelines.pipeline import label_tables, loader, transforms
 from streamformer_jax import sharding as sharding_lib
 from streamformer_jax.tasks import registry
@@ -15,8 +15,10 @@ from streamformer_jax.tasks.model import build_label_embeddings, task_loss
 from streamformer_jax.tasks.templates import VIDEO_TEMPLATES
 from streamformer_jax.text.model import SiglipTextConfig, init_text_model
 from streamformer_jax.train import loop
-from streamformer_jax.train.model_kinds import build_task_model, call_loss
+from streamformer_jax.train.model_kinds import build_task_model
 from streamformer_jax.train.multitask_kind import HashTokenizer
+from streamformer_jax.train.step import Trainer
+from streamformer_jax.train.task_model import ModelSettings
 from test_train_support import jax_cache, load_config, read_metrics, run_cli, subprocess_env  # noqa: F401
 
 TASKS = ("kinetics", "ssv2", "retrieval", "grounding", "localization", "vis")
@@ -106,7 +108,7 @@ def _host_batches(world, config, batch=8):
 def presets_setup(original_world, jax_cache):  # noqa: F811
     config = _config(original_world, jax_cache)
     loop.enable_compilation_cache(jax_cache)
-    tm = build_task_model(config, _class_names(original_world))
+    tm = build_task_model(ModelSettings.from_config(config), _class_names(original_world))
     return config, tm, _host_batches(original_world, config)
 
 
@@ -114,16 +116,16 @@ def _losses_on(config, tm, host_batches, rules, shape):
     mesh = sharding_lib.make_mesh(*shape)
     config = config.copy_and_resolve_references()
     config.mesh.rules = rules
-    trainer = loop.make_trainer(config, tm, mesh, config.optim, 10)
+    trainer = Trainer(tm, config.optim, 10, mesh, rules=config.mesh.rules)
     state = trainer.init_state(0)
-    text = loop.replicate(tm.text, mesh)
+    text = sharding_lib.replicate(tm.text, mesh)
     out = {}
     for task, host in host_batches.items():
         host = {k: v for k, v in host.items() if k != "task"}
         batch = loader.to_global_batch({**host, **tm.prepare_batch(host)}, mesh, ("data", "fsdp"))
         batch = {k: v for k, v in batch.items() if isinstance(v, jax.Array)}
-        fn = jax.jit(lambda s, b, t, task=task: call_loss(tm.loss, trainer.model_from(s["params"], s["frozen"]),
-                                                          task, b, t, jax.random.key(7))[0])
+        fn = jax.jit(lambda s, b, t, task=task: tm.loss(trainer.model_from(s["params"], s["frozen"]), task, b, t,
+                                                        rng=jax.random.key(7))[0])
         out[task] = float(fn(state, batch, text))
     return out
 
@@ -191,7 +193,7 @@ def test_epochs_count_the_samplers_micro_batches(original_world, jax_cache, tmp_
 def test_the_recipe_refuses_the_random_text_tower(original_world, jax_cache):  # noqa: F811
     config = _config(original_world, jax_cache, **{"text.allow_random": False})
     with pytest.raises(ValueError, match="no SigLIP text tower"):
-        build_task_model(config, _class_names(original_world))
+        build_task_model(ModelSettings.from_config(config), _class_names(original_world))
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from data_helpers import make_test_video
-from data_pipelines import schema
+from data_pipelines.records import schema
 from data_pipelines.annotations import classification
-from data_pipelines.convert import convert, open_shards
+from data_pipelines.convert import convert
+from data_pipelines.records.sources import open_source
 from data_pipelines.pipeline.builtin import CLASS_NAMES
 from data_pipelines.pipeline.transforms import KineticsTransform
 from streamformer_jax.tasks import losses, registry
@@ -78,7 +79,7 @@ def test_a_seventh_task_converts_and_round_trips_its_records(toy_task, tmp_path)
     summary = convert(TOY, str(tmp_path / "ann.csv"), str(tmp_path / "videos"), str(tmp_path / "out"),
                       progress=False)
     assert summary.num_examples == 1
-    rec = schema.decode_record(open_shards(str(tmp_path / "out"))[0])
+    rec = schema.decode_record(open_source(str(tmp_path / "out"))[0])
     assert rec["task"] == TOY and rec["label"] == 2 and len(rec["frames"]) == 8
     with pytest.raises(schema.SchemaError, match="lacks fields"):
         schema.encode_record({k: v for k, v in rec.items() if k != "label"})

@@ -49,7 +49,7 @@ def _split(line_fields: list[str]) -> list[str]:
     return line_fields
 
 
-def parse_list(path, video_root, classes: ClassNames | None = None, *, task: str = "kinetics",
+def parse_list(path, video_root, classes: ClassNames | None = None, *, task: str = "classification",
                **options) -> list[Item]:
     """Items of a classification list (``options`` are other tasks' parser options, unused here)."""
     if str(path).endswith(".json"):

@@ -67,10 +67,8 @@ def parse(path, video_root, classes: ClassNames | None = None, *, dataset: str |
     per_video = _instances(path, data, "video_id", "segmentations")
     items = []
     for v in data["videos"]:
-        try:
-            vid, files = v["id"], list(v["file_names"])
-        except (KeyError, TypeError):
-            raise AnnotationError(path, None, "a video lacks id/file_names") from None
+        vid, files = _required(path, v, "a video", "id", "file_names")
+        files = list(files)
         video_id = (os.path.dirname(files[0]) if files else "") or str(vid)
         frame_files = tuple(_join(video_root, f, dataset) for f in files)
         instances = per_video.get(vid, [])
@@ -91,6 +89,14 @@ def parse(path, video_root, classes: ClassNames | None = None, *, dataset: str |
     return items
 
 
+def _required(path, entry, what: str, *keys: str) -> tuple:
+    """The values of `keys` in one JSON entry, or an AnnotationError naming what lacks them."""
+    try:
+        return tuple(entry[k] for k in keys)
+    except (KeyError, TypeError):
+        raise AnnotationError(path, None, f"{what} lacks {'/'.join(keys)}") from None
+
+
 def _join(video_root, name: str, dataset: str) -> str:
     if isinstance(video_root, dict):
         return os.path.join(video_root[dataset], name)
@@ -102,10 +108,7 @@ def _instances(path, data, owner_key, seg_key) -> dict:
     values = _category_values(data)
     out: dict = {}
     for i, ann in enumerate(data["annotations"]):
-        try:
-            owner, cat, segs = ann[owner_key], ann["category_id"], ann[seg_key]
-        except (KeyError, TypeError):
-            raise AnnotationError(path, None, f"annotation {i} lacks {owner_key}/category_id/{seg_key}") from None
+        owner, cat, segs = _required(path, ann, f"annotation {i}", owner_key, "category_id", seg_key)
         if cat not in values:
             raise AnnotationError(path, None, f"annotation {i}: unknown category_id {cat}")
         # COCO has one segmentation per annotation; YTVIS one per frame.
@@ -118,10 +121,7 @@ def _parse_coco(path, data, video_root, dataset) -> list[Item]:
     per_image = _instances(path, data, "image_id", "segmentation")
     items = []
     for img in data["images"]:
-        try:
-            image_id, name = img["id"], img["file_name"]
-        except (KeyError, TypeError):
-            raise AnnotationError(path, None, "an image lacks id/file_name") from None
+        image_id, name = _required(path, img, "an image", "id", "file_name")
         instances = per_image.get(image_id, [])
         source = _join(video_root, name, dataset)
         items.append(Item(video_id=os.path.splitext(name)[0], source=source, dataset=dataset,

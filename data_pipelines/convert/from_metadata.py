@@ -13,9 +13,9 @@ from typing import Sequence
 
 from streamformer_jax.tasks import registry
 
-from ..annotations import load_metadata
-from .build import Options
-from .pipeline import Summary, convert_items
+from data_pipelines.annotations import load_metadata
+from data_pipelines.convert.build import Options
+from data_pipelines.convert.pipeline import Summary, convert_items
 
 
 def original_tasks(blocks) -> dict[str, str]:

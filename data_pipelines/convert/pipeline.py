@@ -19,10 +19,10 @@ from tqdm import tqdm
 
 from streamformer_jax.tasks import registry
 
-from .. import schema
-from ..annotations import Item, class_names_for, load_class_names, parse_annotations
-from . import shards, tfds_info
-from .build import Options, Result, run_item
+from data_pipelines.annotations import Item, class_names_for, load_class_names, parse_annotations
+from data_pipelines.convert import tfds_info
+from data_pipelines.convert.build import Options, Result, run_item
+from data_pipelines.records import schema, shards
 
 
 WINDOW_PER_WORKER = 16  # records in flight per worker process
@@ -154,7 +154,7 @@ def write_shard_job(job: tuple, out_dir: str, fmt: str, task: str, opts: Options
 
 
 def _run_beam(plan, out_dir, fmt, task, opts, video_root, runner, workers) -> list[dict]:
-    from .beam_runner import run_jobs  # optional dependency
+    from data_pipelines.convert.beam_runner import run_jobs  # optional dependency (apache_beam)
 
     jobs = [(name, its, fp) for _, name, its, fp, marker in plan if marker is None]
     run_jobs(jobs, out_dir=out_dir, fmt=fmt, task=task, opts=opts, video_root=video_root, runner=runner,
@@ -231,8 +231,7 @@ def _finish(out_dir, task, fmt, annotations, labels, opts, items, markers: Itera
         **({"label_tables": {ds: list(t) for ds, t in labels.items()}} if per_dataset else {}),
         **({"record_samples": record_samples} if any(n != 1 for n in record_samples) else {}),
         "options": dataclasses.asdict(opts),
-        "shards": [{"file": m["file"], "num_examples": m["num_examples"],
-                    **({"index": m["file"] + ".idx"} if fmt == "tfrecord" else {})} for m in markers],
+        "shards": [shards.shard_entry(m["file"], m["num_examples"], fmt) for m in markers],
     }
     shards.write_json(os.path.join(out_dir, "metadata.json"), meta)
     # tfds metadata last, from the same markers: a resumed run rewrites it like metadata.json.

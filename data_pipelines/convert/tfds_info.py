@@ -42,10 +42,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from data_pipelines.records import schema, shards
 from streamformer_jax.tasks import registry
-
-from .. import schema
-from . import shards
 
 FEATURES_FILE = "features.json"
 DATASET_INFO_FILE = "dataset_info.json"

@@ -17,8 +17,9 @@ from typing import Sequence
 import av
 import numpy as np
 
-from data_pipelines import schema, video
-from data_pipelines.pipeline import sources
+from data_pipelines.records import frames as jpeg
+from data_pipelines.records import schema, sources
+from streamformer_jax import video
 from streamformer_jax.tasks import registry
 
 VERSION = 1  # Bump when the content changes, so cached copies are rebuilt.
@@ -98,7 +99,7 @@ class BuiltinClip:
 
 def _example(spec, vid: str, times: np.ndarray, frames: np.ndarray, clip: BuiltinClip) -> dict:
     h, w = frames.shape[1:3]
-    ex = dict(task=spec.name, video_id=vid, frames=[schema.encode_jpeg(f) for f in frames], frame_times=times,
+    ex = dict(task=spec.name, video_id=vid, frames=[jpeg.encode_jpeg(f) for f in frames], frame_times=times,
               fps=float(clip.fps), source_fps=float(clip.fps), height=h, width=w,
               duration=clip.num_frames / clip.fps, dataset="builtin")
     return {**ex, **spec.builtin_fields(clip)}
@@ -116,8 +117,8 @@ def build_builtin_dataset(
 ) -> dict[str, pathlib.Path]:
     """Build (or reuse, when already built with the same settings) the dataset; returns {task: shard dir}.
 
-    Every task (default: every registered task) gets `videos_per_task` clips of `num_frames` frames of `size` = (width, height) at `fps`,
-    written as one shard per task in `fmt` ("arrayrecord" or "tfrecord"), with a converter-style metadata.json.
+    Every task (default: every registered task) gets `videos_per_task` clips of `num_frames` frames of
+    `size` = (width, height) at `fps`, written as one shard per task in `fmt` ("arrayrecord" or "tfrecord"), with a converter-style metadata.json.
     """
     out = pathlib.Path(out_dir)
     tasks = registry.names() if tasks is None else tuple(tasks)

@@ -17,16 +17,21 @@ every batch is a pure function of its index, and it does not depend on the worke
 """
 from __future__ import annotations
 
+import os
 import zlib
 from typing import Any, Mapping, Sequence
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from absl import flags
+from jax.sharding import Mesh
 
-from data_pipelines.pipeline.mixture import CycleMixMapDataset
+from data_pipelines.pipeline import label_tables, mixture, samples, transforms
+from data_pipelines.pipeline.builtin import build_builtin_dataset
+from data_pipelines.records import sources
+from streamformer_jax.sharding import batch_sharding
+from streamformer_jax.tasks import registry
 
 
 def derive_seed(seed: int, *names: str | int) -> int:
@@ -51,12 +56,10 @@ def task_dataset(
     the samples epoch after epoch (`samples.TaskStream`: `copies` = the balancing's replication, `epoch_batches`
     = global batches per epoch, the rest of each epoch's permutation dropped; None: batches straddle epochs);
     evaluation reads each sample once, unshuffled (its last, partial batch is kept)."""
-    from data_pipelines.pipeline.samples import TaskStream
-
     ds = grain.MapDataset.source(source)
     if train:
         global_batch = host_batch_size * process_count
-        ds = TaskStream(ds, seed=derive_seed(seed, transform.task, "shuffle"), copies=copies,
+        ds = samples.TaskStream(ds, seed=derive_seed(seed, transform.task, "shuffle"), copies=copies,
                         epoch_elements=None if epoch_batches is None else epoch_batches * global_batch)
     ds = ds.random_map(transform, seed=derive_seed(seed, transform.task, "augment"))
     ds = ds[process_index::process_count]
@@ -64,14 +67,12 @@ def task_dataset(
 
 
 def mixed_dataset(task_datasets: Mapping[str, grain.MapDataset], cycle: Sequence[str]) -> grain.MapDataset:
-    return CycleMixMapDataset(task_datasets, cycle)
+    return mixture.CycleMixMapDataset(task_datasets, cycle)
 
 
 def _ensure_absl_flags_parsed() -> None:
     """grain's mp_prefetch reads an absl flag when it starts workers; outside `absl.app.run` nobody parsed the
     flags and that read raises. Marking them parsed keeps every flag at its default."""
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
@@ -141,15 +142,10 @@ class BatchIterator(grain.DatasetIterator):
         self.close()
 
 
-def data_sharding(mesh: Mesh, data_axes: Sequence[str]) -> NamedSharding:
-    """Leading (batch) dimension split over the data axes, everything else replicated."""
-    return NamedSharding(mesh, PartitionSpec(tuple(data_axes)))
-
-
 def to_global_batch(host_batch: Mapping[str, Any], mesh: Mesh, data_axes: Sequence[str]) -> dict[str, Any]:
     """Numeric arrays become global jax.Arrays (this host's rows are its share of the batch); strings (task,
     captions, ids) stay host-local numpy, for the text tokenizer and logging."""
-    sharding = data_sharding(mesh, data_axes)
+    sharding = batch_sharding(mesh, axes=data_axes)
     out = {}
     for key, value in host_batch.items():
         if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
@@ -183,47 +179,36 @@ class GlobalBatchIterator(grain.DatasetIterator):
         self.host_iterator.close()
 
 
-def normalize_frames(video: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """uint8 frames -> [-1, 1] as (x/255 - 0.5)/0.5 (SigLIP's value range, spec §2.1); call inside the jitted
-    step so the host ships uint8."""
-    return (video.astype(dtype) / 255.0 - 0.5) / 0.5
-
-
 # ------------------------------------------------------------------------------------------- from a config
-def task_options(config, task: str, train: bool = True):
-    from data_pipelines.pipeline.transforms import ClipOptions
-
+def task_options(config, task: str, train: bool = True) -> transforms.ClipOptions:
     t = config.tasks[task]
-    datasets = ()
-    if t.get("data_dir"):
-        from data_pipelines.pipeline import label_tables, sources
-
-        datasets = label_tables.dataset_order(sources.metadata(t.data_dir))
-    return ClipOptions(
+    datasets = label_tables.dataset_order(directory_metadata(t.data_dir)) if t.get("data_dir") else ()
+    return transforms.ClipOptions(
         num_frames=config.num_frames, size=config.image_size, train=train, flip=t.flip, crop=t.crop,
         rrc_scale=tuple(t.rrc_scale), rrc_ratio=tuple(t.rrc_ratio), scale_jitter=tuple(t.scale_jitter),
         clip_seconds=t.clip_seconds, patch_size=t.patch_size,
         randaugment=t.randaugment, randaugment_interpolation=t.randaugment_interpolation,
         # Optional keys (VIS only): COCO pseudo-video rotation range in degrees (0 = off); target resolution.
-        pseudo_video_max_angle=float(t.get("pseudo_video_max_angle", ClipOptions.pseudo_video_max_angle)),
-        mask_resolution=str(t.get("mask_resolution", ClipOptions.mask_resolution)), datasets=datasets,
+        pseudo_video_max_angle=float(t.get("pseudo_video_max_angle", transforms.ClipOptions.pseudo_video_max_angle)),
+        mask_resolution=str(t.get("mask_resolution", transforms.ClipOptions.mask_resolution)), datasets=datasets,
     )
 
 
 def task_dirs(config) -> dict[str, str]:
     """{task: record directory} for the tasks in the mix (the built-in dataset when `builtin_dir` is set)."""
     if config.get("builtin_dir"):
-        from data_pipelines.pipeline.builtin import build_builtin_dataset
-
         return {k: str(v) for k, v in build_builtin_dataset(config.builtin_dir).items()}
     return {name: t.data_dir for name, t in config.tasks.items() if t.data_dir}
 
 
-def task_samples(directory):
-    """The samples of a converted task directory (`samples.SampleSource`: one per annotation row)."""
-    from data_pipelines.pipeline import samples, sources
+def directory_metadata(directory) -> dict:
+    """A record directory's metadata.json, or {} when it has none (a directory of bare shards)."""
+    return sources.load_metadata(directory) if os.path.exists(os.path.join(directory, "metadata.json")) else {}
 
-    meta = sources.metadata(directory)
+
+def task_samples(directory) -> samples.SampleSource:
+    """The samples of a converted task directory (`samples.SampleSource`: one per annotation row)."""
+    meta = directory_metadata(directory)
     records = sources.open_source(directory)
     return samples.SampleSource(records, record_samples(meta, len(records), directory))
 
@@ -231,8 +216,6 @@ def task_samples(directory):
 def record_samples(meta, num_records: int, directory="") -> list[int] | None:
     """Samples per record from metadata.json (None: one each). Conversions before schema version 2 did not
     count them; their multi-row tasks must be converted again."""
-    from streamformer_jax.tasks import registry
-
     if "record_samples" in meta:
         return list(meta["record_samples"])
     task = meta.get("task")
@@ -245,19 +228,15 @@ def record_samples(meta, num_records: int, directory="") -> list[int] | None:
 
 def num_samples(directory) -> int:
     """The task's dataset length as the original counts it (metadata.json `num_samples`)."""
-    from data_pipelines.pipeline import sources
-
-    meta = sources.metadata(directory)
+    meta = directory_metadata(directory)
     if "num_samples" in meta:
         return int(meta["num_samples"])
     return len(task_samples(directory))
 
 
-def mixture_plan(config, dirs: Mapping[str, Any] | None = None):
+def mixture_plan(config, dirs: Mapping[str, Any] | None = None) -> mixture.MixturePlan:
     """The run's mixture (`mixture.MixturePlan`): the original sampler's epochs over the tasks' samples, or the
     explicit `task_weights` cycle."""
-    from data_pipelines.pipeline import mixture
-
     dirs = task_dirs(config) if dirs is None else dirs
     sizes = {name: num_samples(d) for name, d in dirs.items()}
     if dict(config.task_weights):
@@ -268,8 +247,6 @@ def mixture_plan(config, dirs: Mapping[str, Any] | None = None):
 
 def build_train_dataset(config, process_index: int | None = None, process_count: int | None = None):
     """The mixed training `MapDataset` of host batches for this process (see module docstring)."""
-    from data_pipelines.pipeline import transforms
-
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     if config.global_batch_size % pc:

@@ -29,9 +29,9 @@ from typing import Any
 import grain
 import numpy as np
 
-from data_pipelines import schema
 from data_pipelines.pipeline import augment, randaugment, sampling, targets
-from data_pipelines.pipeline.codec import JpegDecoder
+from data_pipelines.records import schema
+from data_pipelines.records.frames import JpegDecoder
 from streamformer_jax.tasks import registry
 
 

@@ -10,6 +10,11 @@ import numpy as np
 
 from streamformer_jax.convert.keymap import MASK_BUFFER, official_to_ours, ours_to_official
 from streamformer_jax.convert.torch_io import require_torch, save_model_state
+from streamformer_jax.key_rules import layer_norm, linear, to_ours, to_theirs
+from streamformer_jax.param_tree import flatten, nest
+
+# The original's head keys <-> our head dict (flattened: `fc_norm.scale`, ...).
+HEAD_RULES = [*layer_norm("fc_norm", "fc_norm"), *linear("classifier", "classifier")]
 
 
 def save_head(path, head: Mapping) -> None:
@@ -27,11 +32,8 @@ def load_head(path) -> dict:
 
 def head_from_state_dict(state: Mapping[str, np.ndarray]) -> dict:
     """fc_norm / classifier of an original AR checkpoint (`k400.pt` / `ssv2.pt` model state, numpy)."""
-    state = _strip_module(state)
-    return {"fc_norm": {"scale": np.asarray(state["fc_norm.weight"], np.float32),
-                        "bias": np.asarray(state["fc_norm.bias"], np.float32)},
-            "classifier": {"kernel": np.asarray(state["classifier.weight"], np.float32).T.copy(),
-                           "bias": np.asarray(state["classifier.bias"], np.float32)}}
+    head = {k: v for k, v in _strip_module(state).items() if k.startswith(("fc_norm.", "classifier."))}
+    return nest(to_ours(head, HEAD_RULES, None, "the AR checkpoint's classification head"))
 
 
 def ar_checkpoint_to_ours(state: Mapping[str, np.ndarray], config) -> tuple[dict, dict]:
@@ -59,12 +61,7 @@ def load_ar_checkpoint(path, config) -> tuple[dict, dict]:
 def ours_to_ar_checkpoint(params: Mapping[str, np.ndarray], head: Mapping, config) -> dict[str, np.ndarray]:
     """Our backbone params + head -> the original AR model's state dict (NumPy float32, PyTorch layouts, mask
     buffers included); the inverse of `ar_checkpoint_to_ours`."""
-    state = ours_to_official(params, config)
-    state["fc_norm.weight"] = np.asarray(head["fc_norm"]["scale"], np.float32)
-    state["fc_norm.bias"] = np.asarray(head["fc_norm"]["bias"], np.float32)
-    state["classifier.weight"] = np.ascontiguousarray(np.asarray(head["classifier"]["kernel"], np.float32).T)
-    state["classifier.bias"] = np.asarray(head["classifier"]["bias"], np.float32)
-    return state
+    return {**ours_to_official(params, config), **to_theirs(flatten(head), HEAD_RULES)}
 
 
 def save_ar_checkpoint(path, config, params: Mapping[str, np.ndarray], head: Mapping) -> pathlib.Path:

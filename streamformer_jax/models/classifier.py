@@ -26,6 +26,7 @@ from flax import nnx
 from streamformer_jax.models.config import StreamFormerConfig
 from streamformer_jax.models.layers import Dense, HostRngs, LayerNorm
 from streamformer_jax.models.streamformer import StreamFormer
+from streamformer_jax.param_tree import nest
 
 POOLINGS = ("mean", "last", "official_bug")
 HEAD_NAMES = ("fc_norm.scale", "fc_norm.bias", "classifier.kernel", "classifier.bias")
@@ -78,9 +79,7 @@ def head_logits(head: Mapping, feats, eps: float = 1e-6):
 
 def head_from_flat(flat: Mapping[str, object]) -> dict:
     """A `VideoClassifier`'s flat parameters -> its head dict (NumPy float32)."""
-    get = lambda k: np.asarray(flat[k], np.float32)  # noqa: E731
-    return {"fc_norm": {"scale": get("fc_norm.scale"), "bias": get("fc_norm.bias")},
-            "classifier": {"kernel": get("classifier.kernel"), "bias": get("classifier.bias")}}
+    return nest({k: np.asarray(flat[k], np.float32) for k in HEAD_NAMES})
 
 
 class VideoClassifier(nnx.Module):

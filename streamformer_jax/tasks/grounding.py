@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines import schema
+from data_pipelines.records import schema
 from data_pipelines.annotations import grounding as annotations
 from data_pipelines.pipeline.builtin import BuiltinClip
 from data_pipelines.pipeline.targets import row_windows

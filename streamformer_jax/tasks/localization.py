@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines import schema
+from data_pipelines.records import schema
 from data_pipelines.annotations import localization as annotations
 from data_pipelines.pipeline.builtin import CLASS_NAMES, BuiltinClip
 from data_pipelines.pipeline.transforms import LocalizationTransform

@@ -27,7 +27,7 @@ registered later; each spec's `official_name` is the original's `Kinetics`, `SSV
     if any, supplies the text tower, the per-head logit scale/bias and the VIS projection of an official
     pretraining checkpoint). `text`: a text-tower source overriding that (see `text.load_text_model`).
 ``model.load_backbone_params(flat)``: replace the backbone with flat backbone params (`load_any` output).
-``multitask_flat_params(model) -> {name: array}``  (all nnx.Params, dotted names as above)
+`param_tree.flat_params(model)` -> {name: array} (all nnx.Params, dotted names as above).
 ``model.caption_embedding(batch, text)``: the captions of a caption task's batch (see below), [B, D].
 
 ``task_loss(model, task, batch, text, *, rng=None, max_vis_classes=100) -> (loss f32[], metrics {str: f32[]})``
@@ -65,6 +65,7 @@ Trainable and weight-decay groups of these parameters: `streamformer_jax.train.p
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from typing import Mapping, Sequence
@@ -74,16 +75,20 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from streamformer_jax.checkpoint import is_checkpoint, load_any
+from streamformer_jax.convert.pretrain import read_extras
+from streamformer_jax.convert.siglip import import_siglip, is_siglip_dir
+from streamformer_jax.key_rules import Rule, to_ours
 from streamformer_jax.models.config import StreamFormerConfig
 from streamformer_jax.models.layers import HostRngs
-from streamformer_jax.models.streamformer import StreamFormer, normalize_pixels
+from streamformer_jax.models.params import model_from_flat_params
+from streamformer_jax.models.streamformer import StreamFormer, model_pixels
+from streamformer_jax.param_tree import flat_variables, shapes
 from streamformer_jax.tasks import losses, registry
 from streamformer_jax.tasks.heads import DEFAULT_LOGIT_BIAS, DEFAULT_LOGIT_SCALE
-from streamformer_jax.text.model import SiglipTextConfig, SiglipTextModel
-
-
-def _name(path) -> str:
-    return ".".join(str(p) for p in path)
+from streamformer_jax.text.embeddings import compute_label_embeddings
+from streamformer_jax.text.model import (EXTRAS_PREFIX, SiglipTextConfig, SiglipTextModel, load_text_model,
+                                         text_from_state)
 
 
 class MultiTaskModel(nnx.Module):
@@ -126,22 +131,14 @@ class MultiTaskModel(nnx.Module):
         and logit scale/bias from SiglipModel), or from `checkpoint.load_any` sources (our checkpoint, an
         official backbone dir) with the official pretraining extras when present. Explicit
         `init_logit_scale/bias` override the checkpoint's values; `text` overrides its text tower."""
-        from streamformer_jax.models.params import model_from_flat_params
-        from streamformer_jax.text.model import EXTRAS_PREFIX, load_text_model, text_from_state
-
         p = pathlib.Path(path)
         extras: dict[str, np.ndarray] = {}
         text_config = None
         if is_siglip_dir(p):
-            from streamformer_jax.convert.siglip import import_siglip
-
             config, flat, extras, _ = import_siglip(p, num_frames=num_frames, lora_rank=lora_rank, seed=seed)
             if any(k.startswith(EXTRAS_PREFIX) for k in extras):
                 text_config = SiglipTextConfig.from_hf_dict(json.loads((p / "config.json").read_text()))
         else:
-            from streamformer_jax.checkpoint import is_checkpoint, load_any
-            from streamformer_jax.convert.pretrain import read_extras
-
             config, flat = load_any(p)
             got = read_extras(p) if is_checkpoint(p) else None
             if got is not None:
@@ -170,8 +167,6 @@ class MultiTaskModel(nnx.Module):
     def load_backbone_params(self, flat: Mapping[str, object], *, reinit_vis_projection: bool = False) -> None:
         """Replace the backbone parameters (names/shapes must match exactly, e.g. `load_any(path)[1]`);
         `reinit_vis_projection`: initialise the heads that copy backbone weights (VIS) from the new backbone."""
-        from streamformer_jax.models.params import model_from_flat_params
-
         self.backbone = model_from_flat_params(self.config, flat, "backbone parameters")
         if reinit_vis_projection:
             for head in self.heads.values():
@@ -180,7 +175,7 @@ class MultiTaskModel(nnx.Module):
     def set_params(self, flat: Mapping[str, object]) -> None:
         """Overwrite some parameters by flat name (shape-checked)."""
         state = nnx.state(self, nnx.Param)
-        flat_state = dict((_name(p), v) for p, v in nnx.to_flat_state(state))
+        flat_state = flat_variables(state)
         unknown = sorted(set(flat) - set(flat_state))
         if unknown:
             raise KeyError(f"unknown parameter names: {unknown[:20]}")
@@ -209,43 +204,22 @@ class MultiTaskModel(nnx.Module):
         return self.encode_captions(batch["caption_ids"])
 
 
-def is_siglip_dir(p: pathlib.Path) -> bool:
-    """A Hugging Face SigLIP directory (SiglipModel or SiglipVisionModel config.json)."""
-    try:
-        return json.loads((p / "config.json").read_text()).get("model_type") in ("siglip", "siglip_vision_model")
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
-def multitask_flat_params(model: MultiTaskModel) -> dict[str, jax.Array]:
-    return {_name(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-
-
-# ---- official pretraining-wrapper tensors -> head params (declarative; torch Linear [out, in] -> kernel) ----
-_SCALE_BIAS_RULES = (("logit_scale", "logit_scale", "copy"), ("logit_bias", "logit_bias", "copy"))
+# ---- official pretraining-wrapper tensors -> head params (the rule engine; names relative to a head) ----
+_SCALE_BIAS_RULES = (Rule("logit_scale", "logit_scale", "vector"), Rule("logit_bias", "logit_bias", "vector"))
 
 
 def official_head_params(extras: Mapping[str, np.ndarray], model: MultiTaskModel) -> dict[str, np.ndarray]:
     """`task_heads.<Task>.*` tensors of an official pretraining checkpoint -> our head params (those present)."""
-    shapes = {k: tuple(v.shape) for k, v in multitask_flat_params(model).items()}
-    out = {}
-    for task in model.tasks:
-        spec = registry.get(task)
-        theirs = f"task_heads.{spec.official_name}."
-        for ours, key, kind in _SCALE_BIAS_RULES + tuple(spec.official_head_rules):
-            if theirs + key not in extras:
-                continue
-            a = np.asarray(extras[theirs + key], np.float32)
-            name = f"heads.{task}.{ours}"
-            out[name] = (a.T if kind == "linear" else a).reshape(shapes[name])
-    return out
+    rules = [dataclasses.replace(r, ours=f"heads.{task}.{r.ours}",
+                                 theirs=f"task_heads.{registry.get(task).official_name}.{r.theirs}")
+             for task in model.tasks for r in _SCALE_BIAS_RULES + tuple(registry.get(task).official_head_rules)]
+    return to_ours(extras, rules, shapes(model), "the official task heads", strict=False)
 
 
 # ---- the losses ----
 def backbone_features(model: MultiTaskModel, video: jax.Array) -> dict[str, jax.Array]:
     """uint8 [B, T, H, W, 3] (normalised here) or already-normalised float video -> backbone outputs."""
-    pixels = normalize_pixels(video) if video.dtype == jnp.uint8 else video.astype(jnp.float32)
-    return model.backbone(pixels)
+    return model.backbone(model_pixels(video))
 
 
 def task_loss(model: MultiTaskModel, task: str, batch: Mapping[str, jax.Array], text: Mapping[str, jax.Array], *,
@@ -292,8 +266,6 @@ def build_label_embeddings(text_model: SiglipTextModel, tokenizer, class_names: 
     """{task: names | {dataset: names}} -> (text dict for `task_loss`, {task: dataset order} for per-dataset
     tasks). Templates from each task's `TaskSpec.templates`. Per-dataset sets are padded to one [K, C, D] table
     with "<task>_valid" [K, C]."""
-    from streamformer_jax.text.embeddings import compute_label_embeddings
-
     text, datasets = {}, {}
     for task, names in class_names.items():
         templates = registry.get(task).templates

@@ -8,21 +8,19 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines import schema
+from data_pipelines.records import schema
 from data_pipelines.annotations import vis as annotations
 from data_pipelines.pipeline.builtin import CLASS_NAMES, BuiltinClip
 from data_pipelines.pipeline.transforms import VISTransform
+from streamformer_jax.key_rules import layer_norm, linear
 from streamformer_jax.tasks import losses, registry
 from streamformer_jax.tasks.heads import VISHead
 from streamformer_jax.tasks.templates import SCENE_TEMPLATES
 
-# The original's `task_heads.TaskVIS.*` projection tensors (torch Linear [out, in] -> our kernel).
-OFFICIAL_HEAD_RULES = (
-    ("w_v.kernel", "w_v.weight", "linear"), ("w_v.bias", "w_v.bias", "reshape"),
-    ("v_proj.kernel", "v_proj.weight", "linear"), ("v_proj.bias", "v_proj.bias", "reshape"),
-    ("head_layernorm.scale", "head_layernorm.weight", "copy"), ("head_layernorm.bias", "head_layernorm.bias", "copy"),
-    ("head_mlp.fc1.kernel", "head_mlp.fc1.weight", "linear"), ("head_mlp.fc1.bias", "head_mlp.fc1.bias", "copy"),
-    ("head_mlp.fc2.kernel", "head_mlp.fc2.weight", "linear"), ("head_mlp.fc2.bias", "head_mlp.fc2.bias", "copy"))
+# The original's `task_heads.TaskVIS.*` projection tensors (the rule engine's tables, names relative to the head).
+OFFICIAL_HEAD_RULES = (*linear("w_v", "w_v"), *linear("v_proj", "v_proj"),
+                       *layer_norm("head_layernorm", "head_layernorm"), *linear("head_mlp.fc1", "head_mlp.fc1"),
+                       *linear("head_mlp.fc2", "head_mlp.fc2"))
 
 
 def vis_loss(x: registry.LossInputs):

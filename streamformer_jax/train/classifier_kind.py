@@ -33,17 +33,18 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
+from streamformer_jax.checkpoint import load_any
 from streamformer_jax.convert import classifier_io
+from streamformer_jax.convert.siglip import import_siglip, is_siglip_dir
 from streamformer_jax.models.classifier import VideoClassifier, head_from_flat
 from streamformer_jax.models.config import StreamFormerConfig
-from streamformer_jax.models.layers import HostRngs
-from streamformer_jax.models.streamformer import StreamFormer, normalize_pixels
-from streamformer_jax.tasks.model import is_siglip_dir, multitask_flat_params
+from streamformer_jax.models.params import model_from_flat_params
+from streamformer_jax.models.streamformer import StreamFormer, init_model, model_pixels
+from streamformer_jax.param_tree import flat_params
 from streamformer_jax.train import param_groups
 from streamformer_jax.train import regularisation
-from streamformer_jax.train.model_kinds import TaskModel, backbone_config, register_model_kind
+from streamformer_jax.train.task_model import ModelSettings, TaskModel
 
 HEAD_FILE = "classifier_head.npz"  # classifier_io.save_head format
 INFO_FILE = "classifier.json"
@@ -63,8 +64,7 @@ class ClassifierLoss:
     reg: regularisation.Regularisation
 
     def __call__(self, model: VideoClassifier, task: str, batch, text=None, *, rng: jax.Array | None = None):
-        video = batch["video"]
-        x = normalize_pixels(video) if video.dtype == jnp.uint8 else video.astype(jnp.float32)
+        x = model_pixels(batch["video"])
         labels = jnp.asarray(batch["label"], jnp.int32)
         if rng is None:
             targets = regularisation.smooth_one_hot(labels, model.num_classes, self.reg.label_smoothing)
@@ -88,28 +88,20 @@ def regularisation_from_config(c) -> regularisation.Regularisation:
 def load_backbone(init: str, want: StreamFormerConfig, seed: int = 0) -> StreamFormer:
     """The backbone to finetune: from `init` (any supported source; architecture from it, compute dtype from
     `want`) or freshly initialised as `want` when `init` is empty."""
-    from streamformer_jax.models.params import flat_params, model_from_flat_params
-
     if not init:
-        with nnx.use_eager_sharding(False):  # placement is the trainer's job
-            return StreamFormer(want, rngs=HostRngs(seed))
+        return init_model(want, seed)
     p = pathlib.Path(init)
     if p.is_file():  # e.g. checkpoint-epoch.pth: the converter reads it once (torch) into our format
         raise ValueError(f"--config.model.init={p}: a file; convert it first with `python -m streamformer_jax.convert "
-                         f"import-pytorch --src {p} --dst CKPT` and pass CKPT")
+                         f"import-pytorch --src {p} --out CKPT` and pass CKPT")
     if is_siglip_dir(p):
-        from streamformer_jax.convert.siglip import import_siglip
-
         config, flat, _, _ = import_siglip(p, num_frames=want.num_frames, lora_rank=want.lora_rank, seed=seed)
     else:
-        from streamformer_jax.checkpoint import load_any
-
         config, flat = load_any(p)
     config = config.replace(dtype=want.dtype)
     if want.lora_rank and not config.lora_rank:  # the original always finetunes with spatial LoRA
         config = config.replace(lora_rank=want.lora_rank)
-        with nnx.use_eager_sharding(False):
-            fresh = flat_params(StreamFormer(config, rngs=HostRngs(seed)))
+        fresh = flat_params(init_model(config, seed))
         flat = {**{k: v for k, v in fresh.items() if ".lora_" in k}, **flat}
     return model_from_flat_params(config, flat, f"{p} (backbone)")
 
@@ -132,25 +124,18 @@ def export_ar_checkpoint(out: str | pathlib.Path, config: StreamFormerConfig, fl
 
 
 # ------------------------------------------------------------------------------------------------ builder
-def build(config, class_names: Mapping[str, list[str]]) -> TaskModel:
-    c = config.model.classifier
+def build(settings: ModelSettings, class_names: Mapping[str, list[str]]) -> TaskModel:
+    c = settings.classifier
     task = c.task
     names = list(class_names.get(task, []))
     num_classes = int(c.num_classes) or len(names)
     if not num_classes:
         raise ValueError(f"task {task!r}: no class names in its metadata.json; set --config.model.classifier."
                          "num_classes")
-    want = backbone_config(config)
-    backbone = load_backbone(config.model.init, want, seed=int(config.seed))
-    model = VideoClassifier(backbone.config, num_classes, pooling=c.pooling, rngs=int(config.seed),
-                            backbone=backbone)
-    flat_names = list(multitask_flat_params(model))  # dotted names of any module's parameters
-    if config.model.trainable == "original":
-        trainable = param_groups.trainable_mask(flat_names)
-    elif config.model.trainable == "all":
-        trainable = dict.fromkeys(flat_names, True)
-    else:
-        raise ValueError(f"config.model.trainable must be 'original' or 'all', got {config.model.trainable!r}")
+    backbone = load_backbone(settings.init, settings.backbone, seed=settings.seed)
+    model = VideoClassifier(backbone.config, num_classes, pooling=c.pooling, rngs=settings.seed, backbone=backbone)
+    flat_names = list(flat_params(model))
+    trainable = param_groups.trainable_by_mode(flat_names, settings.trainable)
     decay = param_groups.weight_decay_mask(flat_names)
     bb_export = backbone.config.replace(dtype="float32")
     info = {"task": task, "num_classes": num_classes, "class_names": names, "pooling": c.pooling}
@@ -160,9 +145,7 @@ def build(config, class_names: Mapping[str, list[str]]) -> TaskModel:
         if c.get("export_ar_checkpoint", False):
             export_ar_checkpoint(out, bb_export, flat)
 
-    return TaskModel(model=model, loss=ClassifierLoss(regularisation_from_config(config.augment)),
+    return TaskModel(model=model, loss=ClassifierLoss(regularisation_from_config(settings.augment)),
                      trainable=lambda n: trainable.get(n, False), decay=lambda n: decay.get(n, True),
                      backbone=backbone.config, export=export)
 
-
-register_model_kind("classifier", build)

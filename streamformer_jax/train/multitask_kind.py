@@ -22,13 +22,14 @@ from typing import Mapping, Sequence
 import numpy as np
 from flax import nnx
 
-from streamformer_jax.models.params import flat_params, model_from_flat_params
+from streamformer_jax.models.params import model_from_flat_params
+from streamformer_jax.param_tree import flat_params
 from streamformer_jax.tasks import registry
-from streamformer_jax.tasks.model import MultiTaskModel, build_label_embeddings, multitask_flat_params, task_loss
+from streamformer_jax.tasks.model import MultiTaskModel, build_label_embeddings, task_loss
 from streamformer_jax.text.model import SiglipTextConfig, init_text_model, load_text_model
 from streamformer_jax.text.tokenizer import load_tokenizer
 from streamformer_jax.train import param_groups
-from streamformer_jax.train.model_kinds import TaskModel, backbone_config, register_model_kind
+from streamformer_jax.train.task_model import ModelSettings, TaskModel
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -51,11 +52,11 @@ class HashTokenizer:
         return out
 
 
-def _tokenizer(config, random_tower: bool, text_model):
+def _tokenizer(settings: ModelSettings, random_tower: bool, text_model):
+    text = settings.text
     if random_tower:
-        return HashTokenizer(text_model.config.vocab_size, config.text.max_length)
-    source = config.text.tokenizer or config.text.checkpoint or config.model.init
-    return load_tokenizer(source, max_length=config.text.max_length)
+        return HashTokenizer(text_model.config.vocab_size, text.max_length)
+    return load_tokenizer(text.tokenizer or text.checkpoint or settings.init, max_length=text.max_length)
 
 
 NO_TEXT_TOWER = ("no SigLIP text tower: give --config.model.init=SIGLIP_DIR (a SigLIP directory with its text "
@@ -63,39 +64,41 @@ NO_TEXT_TOWER = ("no SigLIP text tower: give --config.model.init=SIGLIP_DIR (a S
                  "--config.text.allow_random=True)")
 
 
-def build(config, class_names: Mapping[str, list[str] | dict[str, list[str]]]) -> TaskModel:
+def _random_tower(settings: ModelSettings):
+    """The deterministic random tiny text tower (`config.text.random`) projecting to the backbone's width."""
+    text, bb = settings.text, settings.backbone
+    r = text.random
+    d = r.hidden_size or bb.hidden_size
+    text_cfg = SiglipTextConfig(vocab_size=r.vocab_size, hidden_size=d, intermediate_size=r.mlp_size or 2 * d,
+                                num_hidden_layers=r.num_layers, num_attention_heads=r.num_heads,
+                                max_position_embeddings=text.max_length, projection_size=bb.hidden_size)
+    return init_text_model(text_cfg, seed=text.seed)
+
+
+def build(settings: ModelSettings, class_names: Mapping[str, list[str] | dict[str, list[str]]]) -> TaskModel:
     """`class_names`: per task, names by id or {dataset: names by id} (`label_tables.label_sets`)."""
     tasks = [t for t in registry.names() if t in class_names]
-    bb = backbone_config(config)
-    allow_random = bool(config.text.get("allow_random", False))
-
-    def random_tower():
-        r = config.text.random
-        d = r.hidden_size or bb.hidden_size
-        text_cfg = SiglipTextConfig(vocab_size=r.vocab_size, hidden_size=d, intermediate_size=r.mlp_size or 2 * d,
-                                    num_hidden_layers=r.num_layers, num_attention_heads=r.num_heads,
-                                    max_position_embeddings=config.text.max_length, projection_size=bb.hidden_size)
-        return init_text_model(text_cfg, seed=config.text.seed)
-
-    if config.model.init:
+    bb, text_cfg = settings.backbone, settings.text
+    allow_random = bool(text_cfg.get("allow_random", False))
+    if settings.init:
         model = MultiTaskModel.from_pretrained(
-            config.model.init, tasks, text=config.text.checkpoint or None, lora_rank=bb.lora_rank,
-            num_frames=bb.num_frames, seed=config.seed)
+            settings.init, tasks, text=text_cfg.checkpoint or None, lora_rank=bb.lora_rank,
+            num_frames=bb.num_frames, seed=settings.seed)
         if model.config.dtype != bb.dtype:
             model.config = model.config.replace(dtype=bb.dtype)
             model.backbone = model_from_flat_params(model.config, flat_params(model.backbone))
         random_text = model.text_encoder is None
         if random_text:
             if not allow_random:
-                raise ValueError(f"{config.model.init}: {NO_TEXT_TOWER}")
-            model.text_encoder = nnx.data(random_tower())
+                raise ValueError(f"{settings.init}: {NO_TEXT_TOWER}")
+            model.text_encoder = nnx.data(_random_tower(settings))
     else:
-        random_text = not config.text.checkpoint
+        random_text = not text_cfg.checkpoint
         if random_text and not allow_random:
             raise ValueError(NO_TEXT_TOWER)
-        tower = random_tower() if random_text else load_text_model(config.text.checkpoint)
-        model = MultiTaskModel(bb, tasks, rngs=int(config.seed), text_encoder=tower)
-    tokenizer = _tokenizer(config, random_text, model.text_encoder)
+        tower = _random_tower(settings) if random_text else load_text_model(text_cfg.checkpoint)
+        model = MultiTaskModel(bb, tasks, rngs=settings.seed, text_encoder=tower)
+    tokenizer = _tokenizer(settings, random_text, model.text_encoder)
 
     labels = {}
     for task in tasks:
@@ -111,15 +114,9 @@ def build(config, class_names: Mapping[str, list[str] | dict[str, list[str]]]) -
             return {"caption_ids": np.asarray(tokenizer(list(batch["caption"])), np.int32)}
         return {}
 
-    names = list(multitask_flat_params(model))
-    trainable = param_groups.trainable_mask(names)
-    if config.model.trainable == "all":
-        trainable = {n: not n.startswith("text_encoder.") for n in names}
-    elif config.model.trainable != "original":
-        raise ValueError(f"config.model.trainable must be 'original' or 'all', got {config.model.trainable!r}")
+    names = list(flat_params(model))
+    trainable = param_groups.trainable_by_mode(names, settings.trainable)
     decay = param_groups.weight_decay_mask(names)
     return TaskModel(model=model, loss=task_loss, trainable=lambda n: trainable.get(n, False),
                      decay=lambda n: decay.get(n, True), backbone=bb, text=text, prepare_batch=prepare_batch)
 
-
-register_model_kind("multitask", build)

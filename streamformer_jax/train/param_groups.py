@@ -32,6 +32,16 @@ def trainable_mask(names_or_params: Iterable[str] | Mapping[str, object]) -> dic
     return {n: is_trainable(n, lora) for n in names}
 
 
+def trainable_by_mode(names: Iterable[str], mode: str) -> dict[str, bool]:
+    """`config.model.trainable`: "original" (`trainable_mask`) or "all" (everything but the text tower)."""
+    names = list(names)
+    if mode == "original":
+        return trainable_mask(names)
+    if mode == "all":
+        return {n: not n.startswith("text_encoder.") for n in names}
+    raise ValueError(f"config.model.trainable must be 'original' or 'all', got {mode!r}")
+
+
 def trainable_filter(lora: bool = True):
     """nnx filter selecting the trainable parameters (`lora`: whether the model has spatial LoRA)."""
     return nnx.All(nnx.Param, lambda path, value: is_trainable(_name(path), lora))
