@@ -85,7 +85,8 @@ class TaskStream(grain.MapDataset):
         if epoch not in cache:
             if len(cache) >= 2:
                 cache.pop(min(cache))
-            cache[epoch] = _seed(self._seed, epoch).permutation(self._balanced)
+            perm = _seed(self._seed, epoch).permutation(self._balanced)
+            cache[epoch] = perm.astype(np.int32) if self._balanced < 2**31 else perm  # half the memory
         return cache[epoch]
 
     def __getstate__(self):

@@ -127,21 +127,20 @@ def steps_per_epoch(loop: LoopSettings, balance_scale: float, meta: Mapping[str,
     return max(1, clips // loop.clips_per_step)
 
 
-def resolve_accum_steps(config, plan) -> int:
+def resolve_accum_steps(config, plan: mixture.MixturePlan) -> int:
     """accum_steps from the mixture's cycle: the original steps the optimizer once per cycle (Σ f_k micro-batches;
-    7 in its released mix). 0 = derive it; another value than the cycle's length is an error, because the
-    optimizer steps would then mix the tasks differently from the original."""
+    7 in its released mix). 0 = derive it (one cycle per step); a value that is not a whole number of cycles is an
+    error, because its optimizer steps would mix the tasks differently from the original's (k cycles per step
+    keep the mix and make the step k times larger)."""
     accum, cycle = int(config.accum_steps), len(plan.cycle)
     if accum == 0:
         return cycle
     if accum < 0:
         raise ValueError(f"--config.accum_steps must be >= 0, got {accum}")
-    if plan.batches is not None and accum != cycle:
-        raise ValueError(f"--config.accum_steps={accum} does not match the data's task cycle of {cycle} micro-batches "
-                         f"({plan.describe()}): set --config.accum_steps={cycle}, or 0 to derive it")
-    if plan.batches is None and accum % cycle:
-        raise ValueError(f"--config.accum_steps={accum} is not a multiple of the task cycle of {cycle} micro-batches "
-                         f"({plan.describe()})")
+    if accum % cycle:
+        raise ValueError(f"--config.accum_steps={accum} is not a whole number of the data's task cycle of {cycle} "
+                         f"micro-batches ({plan.describe()}): set --config.accum_steps={cycle} (one cycle per "
+                         "optimizer step, as the original), or 0 to derive it")
     return accum
 
 
