@@ -430,3 +430,25 @@ def test_resume_in_the_middle_of_a_six_task_cycle_is_exact(world):
             np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(want[key]), err_msg=key)
     assert [b["task"] for b in expected] == list((plan.order * 2)[9:stop])
     restored.close()
+
+
+def test_command_line_errors_are_one_line(world, tmp_path, capsys):
+    from data_pipelines import inspect
+    from data_pipelines.convert.__main__ import main as convert_main
+
+    assert inspect.main([str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no such directory"
+    assert inspect.main([str(world["out"] / "kinetics"), "--index", "99"]) == 2
+    assert "--index 99 out of range (it holds 4 records)" in capsys.readouterr().err
+    # A grounding row of a dataset without a root_dir entry: the file and line, before anything is written.
+    text = pathlib.Path(world["metadata"]).read_text().replace("          QuerYD: ", "          Other: ")
+    bad = tmp_path / "all.yaml"
+    bad.write_text(text)
+    assert convert_main(["from-metadata", "--metadata", str(bad), "--out", str(tmp_path / "out"),
+                         "--tasks", "grounding", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: malformed annotation: ") and "train.csv:12:" in err[0]
+    assert "dataset 'QuerYD' has no data_dict.root_dir entry" in err[0] and not (tmp_path / "out").exists()
+    assert convert_main(["from-metadata", "--metadata", str(bad), "--out", str(tmp_path / "out"),
+                         "--tasks", "nope"]) == 2
+    assert "--tasks nope: not in" in capsys.readouterr().err
