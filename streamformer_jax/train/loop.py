@@ -144,10 +144,8 @@ def resolve_accum_steps(config, plan: mixture.MixturePlan) -> int:
     return accum
 
 
-def resolve_schedule(config, meta, plan: mixture.MixturePlan | None = None,
-                     loop: LoopSettings | None = None) -> tuple[int, int]:
-    """(total_steps, warmup_steps) in optimizer steps."""
-    loop = loop or LoopSettings.from_config(config)
+def resolve_schedule(config, loop: LoopSettings, meta, plan: mixture.MixturePlan | None = None) -> tuple[int, int]:
+    """(total_steps, warmup_steps) in optimizer steps (an epoch: `meta`'s samples, balanced, / clips per step)."""
     per_epoch = None
     total = int(config.total_steps)
     if total < 0:
@@ -250,7 +248,7 @@ class Setup:
         in_run = {t: m for t, m in self.meta.items() if not weights or weights.get(t, 0) > 0}
         self.plan = loader.mixture_plan(self.data, {t: d for t, d in dirs.items() if t in in_run})
         self.loop = dataclasses.replace(self.loop, accum_steps=resolve_accum_steps(config, self.plan))
-        self.total_steps, self.warmup_steps = resolve_schedule(config, in_run, self.plan, self.loop)
+        self.total_steps, self.warmup_steps = resolve_schedule(config, self.loop, in_run, self.plan)
 
     @property
     def accum_steps(self) -> int:
