@@ -53,6 +53,7 @@ import time
 from typing import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from streamformer_jax.decode_pool import END, DecodePool
 from streamformer_jax.extract import MODES, ExtractError, _load_extractor, _NpzSpool
@@ -266,8 +267,6 @@ class _Run:
 
     def __init__(self, fx, opts: Options, queue: list[_Video], slots: int, workers: int, progress: bool,
                  batch_invariant: bool, devices, desc: str):
-        from tqdm.auto import tqdm
-
         self.fx, self.opts, self.slots = fx, opts, slots
         self.window = fx.config.num_frames if opts.window is None else int(opts.window)
         self.queue = collections.deque(queue)
@@ -277,6 +276,8 @@ class _Run:
         self.live: dict[int, _Video] = {}  # slot -> video
         self.extracted, self.failed, self.truncated = [], [], []
         self.frames = 0  # frames through the model (the bar does not count when disabled)
+        self.model_s = 0.0  # seconds in the model's calls (outputs on the host)
+        self.decode_wait_s = 0.0  # seconds the loop waited for decoded frames (decoding not overlapped)
         self.batch_invariant, self.devices = batch_invariant, devices
         self.videos_bar = tqdm(total=len(queue), unit="video", desc=desc, disable=not progress, file=sys.stderr,
                                dynamic_ncols=True, position=0)
@@ -343,6 +344,7 @@ class _Run:
                 if video.out is not None:
                     video.out.discard()
             self.decoder.close()
+            self.decode_wait_s = self.decoder.waited_s
             self.frames_bar.close()
             self.videos_bar.close()
 
@@ -371,7 +373,9 @@ class _Run:
                     break
             if not frames:
                 return
+            start = time.perf_counter()
             outputs = pool.push(frames)
+            self.model_s += time.perf_counter() - start
             for slot, out in outputs.items():
                 video = self.live[slot]
                 if video.out is None:
@@ -418,6 +422,7 @@ class _Run:
                     break
             if not clips:
                 return
+            start = time.perf_counter()
             if self.batch_invariant:
                 results = {slot: self.fx(clip, return_tokens=tokens) for slot, clip in clips.items()}
             else:
@@ -431,6 +436,7 @@ class _Run:
                 if len(results) < len(clips):
                     out = self.fx(batch, return_tokens=tokens)
                     results.update({slot: {k: v[slot] for k, v in out.items()} for slot in clips if slot not in results})
+            self.model_s += time.perf_counter() - start
             for slot, ts in times.items():
                 res, video = results[slot], self.live[slot]
                 if video.out is None:
@@ -452,7 +458,8 @@ def extract_corpus(checkpoint_or_extractor, videos: Sequence, out_dir, *, root=N
                    batch_invariant: bool = True, devices=None, progress: bool = True) -> dict:
     """Extract this share of `videos` into `out_dir` (see the module doc). Returns the summary:
     {"extracted": [...], "skipped": n, "failed": [{"path", "reason"}], "truncated": [...], "report": path,
-    "seconds": s, "frames": n}.
+    "seconds": s, "frames": n, "model_seconds": s, "decode_wait_seconds": s}: `model_seconds` is the time in the
+    model's calls, `decode_wait_seconds` the time the loop waited for decoded frames (decoding not overlapped).
 
     root: the directory output names are taken relative to (default: the deepest common directory).
     shard: (index, count); default: (jax.process_index(), jax.process_count()).
@@ -496,4 +503,4 @@ def extract_corpus(checkpoint_or_extractor, videos: Sequence, out_dir, *, root=N
     report = _write_report(out_dir, (index, count), len(videos),
                            {**summary, "extracted": len(run.extracted)})
     return {**summary, "report": report, "seconds": time.perf_counter() - start,
-            "frames": run.frames}
+            "frames": run.frames, "model_seconds": run.model_s, "decode_wait_seconds": run.decode_wait_s}

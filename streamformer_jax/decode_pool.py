@@ -4,6 +4,7 @@
     job = pool.submit(path)          # starts decoding in the background (frames buffered, bounded)
     item = pool.next(job)            # (timestamp, uint8 frame), or END; raises the video's VideoReadError
     pool.close()
+    pool.waited_s                    # seconds `next` spent waiting for frames (or decoding them, workers=0)
 
 `workers` threads serve every submitted video a few frames at a time (PyAV releases the GIL while it decodes
 and scales), so any number of videos can be in flight with a fixed number of threads and none of them can
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from typing import Callable
 
 END = object()  # `next` returns this after a video's last frame
@@ -49,6 +51,7 @@ class DecodePool:
         self._cond = threading.Condition()
         self._stopped = False
         self._order = 0
+        self.waited_s = 0.0  # how long the consumer waited for frames: the decoding that was not overlapped
         self._threads = [threading.Thread(target=self._work, name=f"decode-{i}", daemon=True)
                          for i in range(int(workers))]
         for t in self._threads:
@@ -69,8 +72,11 @@ class DecodePool:
         with self._cond:
             job.wanted = True
             self._cond.notify_all()
-            while not job.frames and not job.done:
-                self._cond.wait()
+            if not job.frames and not job.done:
+                start = time.perf_counter()
+                while not job.frames and not job.done:
+                    self._cond.wait()
+                self.waited_s += time.perf_counter() - start
             if job.frames:
                 item = job.frames.popleft()
                 self._cond.notify_all()  # room in the buffer
@@ -104,7 +110,9 @@ class DecodePool:
 
     def _next_inline(self, job: DecodeJob):
         if not job.frames and not job.done:
+            start = time.perf_counter()
             self._decode(job, 1)
+            self.waited_s += time.perf_counter() - start
         if job.frames:
             return job.frames.popleft()
         return self._finish(job)

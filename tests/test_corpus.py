@@ -1,4 +1,4 @@
-"""Corpus extraction (`python -m streamformer_jax.extract --videos ... --out-dir DIR`): the same archives as the
+"""Corpus extraction (`python -m streamformer_jax.extract --videos ... --out DIR`): the same archives as the
 single-video form for any slot, shard and worker count, failed videos reported, kill and resume, two processes,
 bfloat16, usage errors, and the background decoder."""
 import io
@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -333,3 +334,36 @@ def test_decode_pool_keeps_each_video_in_order(workers):
     assert got == {"a": list(range(7)), "b": list(range(30)), "c": [0, 1, 2, 3], "d": [0]}
     assert errors == {"c": "c: decoding failed after 4 frames"}
     assert sorted(closed) == sorted(specs)  # every reader closed
+
+
+class SlowReader(FakeReader):
+    """FakeReader whose frames each take `delay` seconds to decode."""
+
+    def __init__(self, name, n, delay):
+        super().__init__(name, n)
+        self.delay = delay
+
+    def __iter__(self):
+        for item in super().__iter__():
+            time.sleep(self.delay)
+            yield item
+
+
+def test_decode_pool_counts_the_wait_for_frames():
+    # Inline (workers=0) the consumer decodes every frame itself: all of it is waiting. With a worker and a
+    # consumer that asks only once everything is buffered, no decoding is left to wait for.
+    inline = DecodePool(lambda name: SlowReader(name, 5, 0.02), 0)
+    job = inline.submit("a")
+    while inline.next(job) is not END:
+        pass
+    inline.close()
+    assert inline.waited_s >= 5 * 0.02
+
+    threaded = DecodePool(lambda name: SlowReader(name, 5, 0.02), 1, capacity=8)
+    job = threaded.submit("a")
+    while not job.done:
+        time.sleep(0.01)
+    while threaded.next(job) is not END:
+        pass
+    threaded.close()
+    assert threaded.waited_s == 0.0

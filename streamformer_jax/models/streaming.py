@@ -65,15 +65,15 @@ def init_cache(model: StreamFormer, batch: int, window: int | None, height: int,
                        jnp.full((batch, window), -1, jnp.int32), jnp.zeros((batch,), jnp.int32))
 
 
-def _write_entries(buf: jax.Array, layer: int, ring_pos: jax.Array, new: jax.Array, active: jax.Array):
-    """buf[layer, b, ring_pos[b]] = new[b] for the active slots b, in place (the cache is donated).
+def _write_entries(buf: jax.Array, layer: int, first, ring_pos: jax.Array, new: jax.Array, active: jax.Array):
+    """buf[layer, first + b, ring_pos[b]] = new[b] for the active slots b, in place (the cache is donated).
 
-    One dynamic_update_slice per slot (B is static and small): XLA:CPU runs these in place, where a scatter
-    over the slot axis is a generic element loop. An inactive slot writes back what its entry already holds.
+    One dynamic_update_slice per slot (the count is static and small): XLA:CPU runs these in place, where a
+    scatter over the slot axis is a generic element loop. An inactive slot writes back what its entry holds.
     """
     new = new.astype(buf.dtype)
-    for b in range(buf.shape[1]):
-        start = (layer, b, ring_pos[b], 0, 0, 0)
+    for b in range(new.shape[0]):
+        start = (layer, first + b, ring_pos[b], 0, 0, 0)
         old = jax.lax.dynamic_slice(buf, start, (1, 1, 1) + buf.shape[3:])
         row = jnp.where(active[b], new[b][None, None, None], old)
         buf = jax.lax.dynamic_update_slice(buf, row, start)
@@ -98,68 +98,103 @@ def pool_step(model: StreamFormer, cache: StreamCache, pixels: jax.Array, active
     """
     if batch_invariant and cache.keys.shape[1] > 1:
         return _pool_step_per_slot(model, cache, pixels, active, reset, with_tokens, folds)
+    return _step_slots(model, cache, 0, pixels, active, reset, with_tokens, folds)
+
+
+def _step_slots(model: StreamFormer, cache: StreamCache, first, pixels, active, reset, with_tokens, folds,
+                in_place: bool = True):
+    """`pool_step` for the slots first .. first + n - 1 of the cache (n = len(pixels); `first` may be traced).
+
+    in_place: write the new entries into the (donated) cache and attend over it. Otherwise the cache is only
+    read (each layer attends over a copy of its slots with the new entries) and ({outputs}, `_SlotUpdate`) is
+    returned for `_apply_update`: inside a `cond`, writing the full cache would make XLA copy all of it.
+    """
     cfg = model.config
-    window = cache.window
-    t = jnp.where(reset, 0, cache.next_frame)  # [B]: each slot's absolute frame index
-    slot_frame = jnp.where(reset[:, None], -1, cache.slot_frame)
+    window, n = cache.window, pixels.shape[0]
+    rows = lambda x: jax.lax.dynamic_slice_in_dim(x, first, n, 0)
+    t = jnp.where(reset, 0, rows(cache.next_frame))  # [n]: each slot's absolute frame index
+    slot_frame = jnp.where(reset[:, None], -1, rows(cache.slot_frame))
     ring_pos = t % window
     written = jnp.where(active[:, None] & (jnp.arange(window)[None] == ring_pos[:, None]), t[:, None], slot_frame)
     # Per-slot time rows: embed the slots as the frames of one clip (patch embedding is per frame).
     h = model.embeddings(pixels[None], stream_time_ids(t, cfg.num_frames), cfg.compute_dtype)
-    h = jnp.swapaxes(h, 0, 1)  # [B, 1, N, D]
-    # [B, 1 (query), W] -> broadcast over the logits [B, N, H, 1, W].
+    h = jnp.swapaxes(h, 0, 1)  # [n, 1, N, D]
+    # [n, 1 (query), W] -> broadcast over the logits [n, N, H, 1, W].
     mask = jax.vmap(lambda q, k: temporal_mask(q[None], k, causal=True, window=window))(t, written)
     mask = mask[:, None, None]
     keys, values = cache.keys, cache.values
+    new_keys, new_values = [], []
     for layer, block in enumerate(model.layers):
-        q, k, v = block.temporal_qkv(h)  # [B, 1, N, H, d]
-        keys = _write_entries(keys, layer, ring_pos, k[:, 0], active)
-        values = _write_entries(values, layer, ring_pos, v[:, 0], active)
-        attended = temporal_attention(q, keys[layer], values[layer], block.temporal_attention.scale, mask)
+        q, k, v = block.temporal_qkv(h)  # [n, 1, N, H, d]
+        if in_place:
+            keys = _write_entries(keys, layer, first, ring_pos, k[:, 0], active)
+            values = _write_entries(values, layer, first, ring_pos, v[:, 0], active)
+            layer_keys, layer_values = rows(keys[layer]), rows(values[layer])
+        else:
+            layer_keys = _write_entries(rows(keys[layer])[None], 0, 0, ring_pos, k[:, 0], active)[0]
+            layer_values = _write_entries(rows(values[layer])[None], 0, 0, ring_pos, v[:, 0], active)[0]
+            new_keys.append(k[:, 0])
+            new_values.append(v[:, 0])
+        attended = temporal_attention(q, layer_keys, layer_values, block.temporal_attention.scale, mask)
         fold = None if folds is None else folds[layer]
         h = block.spatial_and_mlp(block.temporal_residual(h, attended, fold))
     out = model.finalize(h)
     out = {k: v[:, 0] for k, v in out.items() if with_tokens or k == "pooler_output"}
-    return out, StreamCache(keys, values, written, jnp.where(active, t + 1, t))
+    next_frame = jnp.where(active, t + 1, t)
+    if not in_place:
+        return out, _SlotUpdate(jnp.stack(new_keys), jnp.stack(new_values), ring_pos, written, next_frame)
+    put = lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y, first, 0)
+    return out, StreamCache(keys, values, put(cache.slot_frame, written), put(cache.next_frame, next_frame))
+
+
+class _SlotUpdate(NamedTuple):
+    """What one step changes in slots first .. first + n - 1 of the cache (`_step_slots(..., in_place=False)`)."""
+    keys: jax.Array  # [L, n, N, H, d]: the new entries
+    values: jax.Array
+    ring_pos: jax.Array  # int32 [n]
+    slot_frame: jax.Array  # int32 [n, W]
+    next_frame: jax.Array  # int32 [n]
+
+
+def _apply_update(cache: StreamCache, first, update: _SlotUpdate, active) -> StreamCache:
+    keys, values = cache.keys, cache.values
+    for layer in range(keys.shape[0]):
+        keys = _write_entries(keys, layer, first, update.ring_pos, update.keys[layer], active)
+        values = _write_entries(values, layer, first, update.ring_pos, update.values[layer], active)
+    put = lambda x, y: jax.lax.dynamic_update_slice_in_dim(x, y, first, 0)
+    return StreamCache(keys, values, put(cache.slot_frame, update.slot_frame), put(cache.next_frame,
+                                                                                  update.next_frame))
 
 
 def _pool_step_per_slot(model, cache: StreamCache, pixels, active, reset, with_tokens, folds):
     """`pool_step` one slot at a time (a loop inside the compiled step): each slot sees exactly the one-slot
-    computation. An idle slot (not `active`) skips the model (a `cond`), so a partly filled pool costs only its
-    active streams; a reset still restarts it. The cache is updated in place (the step donates it); a slot's
-    view is copied out and back."""
+    computation, and its new entries are written into the cache in place (the step donates it). An idle slot
+    (not `active`) skips the model (a `cond`), so a partly filled pool costs only its active streams; a reset
+    still restarts it."""
     slots = cache.keys.shape[1]
+    take = lambda x, b: jax.lax.dynamic_slice_in_dim(x, b, 1, 0)
 
-    def take(x, b, axis):
-        return jax.lax.dynamic_slice_in_dim(x, b, 1, axis)
+    def run(b, cache):
+        return _step_slots(model, cache, b, take(pixels, b), take(active, b), take(reset, b), with_tokens, folds,
+                           in_place=False)
 
-    def put(x, y, b, axis):
-        return jax.lax.dynamic_update_slice_in_dim(x, y.astype(x.dtype), b, axis)
+    shapes = jax.eval_shape(lambda: run(0, cache))
+    zeros = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), shapes)
 
-    def run(b, view):
-        return pool_step(model, view, take(pixels, b, 0), take(active, b, 0), take(reset, b, 0), with_tokens,
-                         folds=folds)
-
-    def view_of(b, keys, values, slot_frame, next_frame):
-        return StreamCache(take(keys, b, 1), take(values, b, 1), take(slot_frame, b, 0), take(next_frame, b, 0))
-
-    shapes = jax.eval_shape(lambda: run(0, view_of(0, *cache))[0])
-    idle_out = {k: jnp.zeros((1, *v.shape[1:]), v.dtype) for k, v in shapes.items()}
-
-    def idle(b, view):  # what pool_step does to an inactive slot, without running the model
-        restart = take(reset, b, 0)
-        return idle_out, view._replace(slot_frame=jnp.where(restart[:, None], -1, view.slot_frame),
-                                       next_frame=jnp.where(restart, 0, view.next_frame))
+    def idle(b, cache):  # what the step does to an inactive slot, without running the model
+        restart = reset[b]
+        return zeros[0], zeros[1]._replace(slot_frame=jnp.where(restart, -1, take(cache.slot_frame, b)),
+                                           next_frame=jnp.where(restart, 0, take(cache.next_frame, b)))
 
     def body(b, carry):
-        keys, values, slot_frame, next_frame, outs = carry
-        out, view = jax.lax.cond(active[b], run, idle, b, view_of(b, keys, values, slot_frame, next_frame))
-        return (put(keys, view.keys, b, 1), put(values, view.values, b, 1), put(slot_frame, view.slot_frame, b, 0),
-                put(next_frame, view.next_frame, b, 0), {k: put(outs[k], out[k], b, 0) for k in outs})
+        cache, outs = carry
+        out, update = jax.lax.cond(active[b], run, idle, b, cache)
+        cache = _apply_update(cache, b, update, take(active, b))
+        return cache, {k: jax.lax.dynamic_update_slice_in_dim(outs[k], out[k], b, 0) for k in outs}
 
-    outs = {k: jnp.zeros((slots, *v.shape[1:]), v.dtype) for k, v in shapes.items()}
-    keys, values, slot_frame, next_frame, outs = jax.lax.fori_loop(0, slots, body, (*cache, outs))
-    return outs, StreamCache(keys, values, slot_frame, next_frame)
+    outs = {k: jnp.zeros((slots, *v.shape[1:]), v.dtype) for k, v in shapes[0].items()}
+    cache, outs = jax.lax.fori_loop(0, slots, body, (cache, outs))
+    return outs, cache
 
 
 def stream_step(model: StreamFormer, cache: StreamCache, pixels: jax.Array, folds=None) -> tuple[dict, StreamCache]:
