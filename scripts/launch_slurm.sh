@@ -14,6 +14,8 @@
 # and lets SLURM requeue jobs it preempts itself), and the requeued job resumes from the checkpoint. A run that
 # reaches total_steps prints `(done)` and is not requeued. WORKDIR must be on a filesystem every node sees.
 #
+# Feature extraction of a video corpus as a SLURM array (one share of the list per task): scripts/extract_slurm.sh.
+#
 #SBATCH --job-name=streamformer
 #SBATCH --nodes=1
 #SBATCH --ntasks-per-node=1

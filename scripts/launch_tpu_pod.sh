@@ -12,6 +12,7 @@
 #   scripts/launch_tpu_pod.sh watch    # loop: if the slice was preempted, recreate, reinstall and restart
 #   scripts/launch_tpu_pod.sh stop     # SIGTERM to the training processes: they checkpoint one step and exit
 #                                      # (a running `watch` restarts them: stop it first)
+#   scripts/launch_tpu_pod.sh extract  # feature extraction of a video corpus over all workers (below)
 #
 # Settings (environment):
 #   TPU_NAME=sf-v5p-64  ZONE=us-east5-a  ACCELERATOR=v5p-64  PROJECT=my-project (optional)
@@ -23,13 +24,23 @@
 #   TPU_NAME=sf-pretrain ZONE=us-east5-a ACCELERATOR=v5p-64 SPOT=1 WORKDIR=/mnt/shared/sf_pretrain \
 #   EXTRA_ARGS="--config.data_dir=/mnt/shared/records --config.model.init=/mnt/shared/siglip" \
 #     bash -c 'scripts/launch_tpu_pod.sh create && scripts/launch_tpu_pod.sh install && scripts/launch_tpu_pod.sh watch'
+#
+# Feature extraction over the pod (`extract`): every worker runs `python -m streamformer_jax.extract --videos`;
+# jax.distributed gives each process a disjoint share of the list (process index / count), and each process
+# splits its pool of slots over its local chips. Rerunning `extract` (after a preemption, say) skips the videos
+# whose archive exists; failed videos are listed in $OUT_DIR/report.json. VIDEOS and OUT_DIR must be paths every
+# worker sees (e.g. a gcsfuse mount). Example (v5p-32 = 4 hosts x 4 chips, 8 slots per chip):
+#   TPU_NAME=sf-extract ZONE=us-east5-a ACCELERATOR=v5p-32 \
+#   CKPT=/mnt/shared/streamformer VIDEOS='/mnt/shared/k400/train/**/*.mp4' OUT_DIR=/mnt/shared/k400_feats \
+#   EXTRACT_ARGS="--fps 4 --no-tokens --slots 32 --dtype bfloat16" \
+#     bash -c 'scripts/launch_tpu_pod.sh create && scripts/launch_tpu_pod.sh install && scripts/launch_tpu_pod.sh extract'
 set -euo pipefail
 
 TPU_NAME=${TPU_NAME:?set TPU_NAME}
 ZONE=${ZONE:?set ZONE}
 ACCELERATOR=${ACCELERATOR:-v5p-8}
 RUNTIME=${RUNTIME:-v2-alpha-tpuv5}
-WORKDIR=${WORKDIR:?set WORKDIR (shared by all workers)}
+WORKDIR=${WORKDIR:-}  # training only (start / watch)
 CONFIG=${CONFIG:-configs/pretrain_multitask.py}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 SETUP_CMD=${SETUP_CMD:-true}
@@ -57,6 +68,7 @@ install() {
 }
 
 start() {
+  : "${WORKDIR:?set WORKDIR (shared by all workers)}"
   # Same command on every worker; jax.distributed.initialize() finds the pod (config.distributed.initialize=auto).
   on_all "cd ~/$REMOTE_DIR && $SETUP_CMD && mkdir -p $WORKDIR && \
     nohup .venv/bin/python -m streamformer_jax.train --config $CONFIG --workdir $WORKDIR \
@@ -91,4 +103,13 @@ watch() {
   done
 }
 
-"${1:?usage: $0 create|install|start|status|watch|stop}"
+extract() {
+  local ckpt=${CKPT:?set CKPT (checkpoint directory)} videos=${VIDEOS:?set VIDEOS (directory, glob or list file)}
+  local out=${OUT_DIR:?set OUT_DIR (shared by all workers)}
+  # Foreground on every worker: returns when all shares are done (status 1 on a worker that had failed videos).
+  on_all "cd ~/$REMOTE_DIR && $SETUP_CMD && .venv/bin/python -m streamformer_jax.extract --checkpoint $ckpt \
+    --videos '$videos' --out $out --distributed yes --devices all --no-progress ${EXTRACT_ARGS:-} \
+    2>&1 | tee ~/extract.log"
+}
+
+"${1:?usage: $0 create|install|start|status|watch|stop|extract}"

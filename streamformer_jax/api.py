@@ -5,10 +5,13 @@
     out = fx(frames)          # uint8 [T, H, W, 3] or [B, T, H, W, 3] -> NumPy dict
     s = fx.stream()           # window defaults to the model's frame count
     o = s.push(frame)         # uint8 [H, W, 3] or [B, H, W, 3]
+    pool = fx.stream_pool(slots=8)  # independent streams that come and go (streamformer_jax.stream_pool)
+    bf16 = fx.astype("bfloat16")    # bfloat16 compute, same parameters; outputs stay float32
 
 Frames are RGB uint8 and normalised on device. Any frame size of at least one patch works (position
 embeddings are resized), but the model was trained at `config.image_size`. Each distinct input shape
-compiles once; the streaming step compiles once per stream shape, however long the stream runs.
+compiles once; the streaming step compiles once per stream shape, however long the stream runs, and a
+stream pool's step once per pool size, however streams come and go.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from streamformer_jax.models import streaming
 from streamformer_jax.models.config import StreamFormerConfig
 from streamformer_jax.models.params import model_from_flat_params
 from streamformer_jax.models.streamformer import StreamFormer, normalize_pixels
+from streamformer_jax.param_tree import flat_params
+from streamformer_jax.stream_pool import StreamPool
 
 
 def _check_frames(frames, ndims: tuple[int, ...], what: str, channels: int) -> np.ndarray:
@@ -59,11 +64,25 @@ class FeatureExtractor:
             out = nnx.merge(self._graphdef, state)(normalize_pixels(frames))
             return out if with_tokens else {"pooler_output": out["pooler_output"]}
 
-        def step(state, cache, frames):
-            return streaming.stream_step(nnx.merge(self._graphdef, state), cache, normalize_pixels(frames))
+        def step(state, folds, cache, frames):
+            return streaming.stream_step(nnx.merge(self._graphdef, state), cache, normalize_pixels(frames), folds)
+
+        def pool_step(state, folds, cache, frames, active, reset, with_tokens, batch_invariant):
+            return streaming.pool_step(nnx.merge(self._graphdef, state), cache, normalize_pixels(frames), active,
+                                       reset, with_tokens, batch_invariant, folds)
 
         self._clip = jax.jit(clip, static_argnums=2)
-        self._step = jax.jit(step, donate_argnums=1)
+        self._step = jax.jit(step, donate_argnums=2)
+        self._pool_fn = pool_step  # unjitted: a pool over several devices wraps it in shard_map
+        self._pool_step = jax.jit(pool_step, donate_argnums=2, static_argnums=(6, 7))
+        self._folds = None
+
+    @property
+    def temporal_folds(self):
+        """Each layer's folded temporal output map, computed once (see `streaming.temporal_folds`)."""
+        if self._folds is None:
+            self._folds = jax.jit(lambda s: streaming.temporal_folds(nnx.merge(self._graphdef, s)))(self._state)
+        return self._folds
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, dtype: str | None = None) -> "FeatureExtractor":
@@ -75,6 +94,12 @@ class FeatureExtractor:
         if dtype is not None:
             config = config.replace(dtype=dtype)
         return cls(config, params)
+
+    def astype(self, dtype: str) -> "FeatureExtractor":
+        """The same parameters with another compute dtype ("float32" or "bfloat16"); outputs stay float32."""
+        if dtype == self.config.dtype:
+            return self
+        return FeatureExtractor(self.config.replace(dtype=dtype), flat_params(self.model))
 
     @property
     def model(self) -> StreamFormer:
@@ -101,11 +126,25 @@ class FeatureExtractor:
 
     def step(self, cache: streaming.StreamCache, frames: jax.Array) -> tuple[dict, streaming.StreamCache]:
         """One compiled streaming step: uint8 [B, H, W, 3] -> (outputs, the next cache); `cache` is donated."""
-        return self._step(self._state, cache, frames)
+        return self._step(self._state, self.temporal_folds, cache, frames)
+
+    def stream_pool(self, slots: int, window: int | None = None, frame_size: int | tuple[int, int] | None = None,
+                    return_tokens: bool = True, batch_invariant: bool = True, devices=None) -> StreamPool:
+        """`slots` independent streams sharing one compiled step (continuous batching); see `StreamPool`.
+
+        frame_size: int or (height, width) of the frames (default: the model's image size).
+        batch_invariant: bit-for-bit single-stream outputs (slots run one by one inside the step) instead of
+            one batched forward (faster on accelerators; equal to float32 rounding).
+        devices: several devices to split the slots over (data parallel); default: one device.
+        """
+        return StreamPool(self, slots, window, frame_size, return_tokens, batch_invariant, devices)
 
 
 class FeatureStream:
-    """Stateful wrapper around the pure streaming step; see `streamformer_jax.models.streaming`."""
+    """Stateful wrapper around the pure streaming step; see `streamformer_jax.models.streaming`.
+
+    The lock-step case of a stream pool: one stream (or B streams that always advance together).
+    """
 
     def __init__(self, extractor: FeatureExtractor, window: int | None):
         self._fx = extractor
@@ -117,7 +156,7 @@ class FeatureStream:
 
     @property
     def frames_seen(self) -> int:
-        return 0 if self._cache is None else int(self._cache.next_frame)
+        return 0 if self._cache is None else int(self._cache.next_frame[0])
 
     def reset(self) -> None:
         self._cache, self._batched = None, None

@@ -3,6 +3,9 @@
     python -m streamformer_jax.extract --checkpoint CKPT_DIR --video clip.mp4 --out feats.npz \\
         [--mode stream|clip] [--window W] [--fps 5] [--no-tokens] [--dtype float32|bfloat16] [--max-frames N]
 
+A whole corpus (`--videos DIR|GLOB|LIST --out DIR`, one archive per video, resumable, sharded over
+processes) is described in `streamformer_jax.corpus`.
+
 `CKPT_DIR` is our checkpoint or an official Hugging Face directory (detected automatically). The video is
 decoded as a stream with PyAV (see `streamformer_jax.video` for the resize / crop / frame-rate / timestamp
 rules); an `.npy` input is a uint8 `[T, H, W, 3]` RGB array whose frame rate is `--npy-fps` (default 1, so its
@@ -150,7 +153,10 @@ class _NpzSpool:
                 _, dtype, frame_shape = self.files[name]
                 shape = (self.count, *frame_shape)
                 header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
-                with zf.open(f"{name}.npy", "w", force_zip64=True) as member, \
+                # A fixed member date (the zip epoch) so that equal arrays give byte-identical archives.
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type, info.external_attr = compression, 0o644 << 16
+                with zf.open(info, "w", force_zip64=True) as member, \
                         open(self.workdir / f"{name}.raw", "rb") as raw:
                     if _needs_v2(header):
                         np.lib.format.write_array_header_2_0(member, header)
@@ -253,11 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(
         prog="python -m streamformer_jax.extract",
         description="Per-frame StreamFormer features (pooler_output, last_hidden_state, timestamps) of a video "
-                    "file or a uint8 [T, H, W, 3] .npy array, written to an .npz.")
+                    "file or a uint8 [T, H, W, 3] .npy array, written to an .npz; or of a whole corpus of videos "
+                    "(--videos, one .npz per video; see streamformer_jax.corpus).")
     cli.add_checkpoint(p)
-    p.add_argument("--video", required=True, metavar="PATH",
-                   help="a video file (decoded with PyAV) or a uint8 [T, H, W, 3] RGB .npy array")
-    cli.add_out(p, metavar="OUT.npz", help="output archive (written atomically)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video", metavar="PATH",
+                     help="a video file (decoded with PyAV) or a uint8 [T, H, W, 3] RGB .npy array")
+    src.add_argument("--videos", metavar="LIST_OR_GLOB",
+                     help="a corpus: a directory (recursive), a quoted glob pattern, or a text file of paths")
+    cli.add_out(p, "--out-dir", required=False, metavar="OUT",
+                help="--video: the output archive OUT.npz (written atomically); --videos: the output directory "
+                     "(one .npz per video and report.json of failed videos; --out-dir is the same flag)")
     p.add_argument("--mode", choices=MODES, default="stream",
                    help="stream: streaming path over any length (default); clip: consecutive clips of W frames")
     p.add_argument("--window", type=cli.positive(int), default=None, metavar="W",
@@ -274,15 +286,70 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute dtype (default: the checkpoint's); outputs are float32 either way")
     p.add_argument("--compress", action="store_true", help="deflate the .npz members (slower, smaller)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    corpus = p.add_argument_group("corpus (--videos) options")
+    corpus.add_argument("--slots", type=cli.positive(int), default=None, metavar="B",
+                        help="videos processed together, one frame (stream) or clip (clip mode) each per device "
+                             "call (default 8)")
+    corpus.add_argument("--workers", type=_non_negative_int, default=None, metavar="N",
+                        help="background decoding threads (default: min(4, CPU count); 0 decodes inline)")
+    corpus.add_argument("--shard", default=None, metavar="I/N",
+                        help="take videos I, I+N, I+2N, ... of the list (default: the jax.distributed process "
+                             "index/count, else all)")
+    corpus.add_argument("--root", default=None, metavar="DIR",
+                        help="output names are video paths relative to DIR; relative list entries start there "
+                             "(default: the directory or glob prefix given, or the list's common directory)")
+    corpus.add_argument("--distributed", choices=("auto", "yes", "no"), default=None,
+                        help="initialise jax.distributed: auto (default) on a TPU VM or a multi-task SLURM step")
+    corpus.add_argument("--batched", action="store_true", default=None,
+                        help="run the slots as one batched forward (faster on accelerators; features then agree "
+                             "with the single-video form to float32 rounding, not bit for bit)")
+    corpus.add_argument("--devices", default=None, metavar="N|all",
+                        help="local devices to split the slots over (default 1; 'all': every local device)")
     return p
 
 
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+_CORPUS_ONLY = ("slots", "workers", "shard", "root", "distributed", "batched", "devices")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.videos is None:
+        given = [f"--{n.replace('_', '-')}" for n in _CORPUS_ONLY if getattr(args, n) is not None]
+        if given:
+            parser.error(f"{', '.join(given)} go with --videos (a corpus), not --video")
+        if args.out is None:
+            parser.error("--video needs --out OUT.npz")
+    else:
+        if args.out is None:
+            parser.error("--videos needs --out DIR (or --out-dir DIR), the output directory")
+        if args.out.lower().endswith(".npz"):
+            parser.error(f"--videos writes one archive per video into a directory; --out {args.out} names an "
+                         f".npz file")
+        if args.shard is not None:
+            from streamformer_jax.corpus import parse_shard
+
+            try:
+                args.shard = parse_shard(args.shard)
+            except ValueError as err:
+                parser.error(f"--shard: {err}")
+        if args.devices is not None and args.devices != "all" and not (args.devices.isdigit() and
+                                                                       int(args.devices) >= 1):
+            parser.error(f"--devices: expected a count >= 1 or 'all', got {args.devices!r}")
     with warnings.catch_warnings():
         warnings.simplefilter("always", TruncatedVideoWarning)
         warnings.showwarning = _show_warning
-        return _main(args)
+        return _main(args) if args.videos is None else _main_corpus(args)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -305,6 +372,47 @@ def _main(args) -> int:
     shapes = ", ".join(f"{k} {list(v)}" for k, v in info["shapes"].items())
     print(f"wrote {info['path']}: {info['num_frames']} frames ({shapes})", file=sys.stderr)
     return 0
+
+
+def _main_corpus(args) -> int:
+    """Exit status: 0 all videos done, 1 some failed (listed in DIR/report.json), 2 unusable input or options."""
+    # The corpus module builds on this one (spooling, checkpoint loading), hence imported here.
+    from types import SimpleNamespace
+
+    from streamformer_jax import corpus
+    from streamformer_jax.train.distributed import maybe_initialize
+
+    try:
+        try:
+            maybe_initialize(SimpleNamespace(initialize=args.distributed or "auto", coordinator_address="",
+                                             num_processes=0, process_id=-1))
+        except ValueError as err:  # an incomplete JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES setting
+            raise ExtractError(f"jax.distributed: {err}") from None
+        videos, root = corpus.list_videos(args.videos, args.root)
+        devices = None
+        if args.devices is not None:
+            import jax
+
+            local = jax.local_devices()
+            devices = local if args.devices == "all" else local[:int(args.devices)]
+        summary = corpus.extract_corpus(
+            args.checkpoint, videos, args.out, root=root, mode=args.mode, window=args.window, fps=args.fps,
+            npy_fps=args.npy_fps, max_frames=args.max_frames, return_tokens=not args.no_tokens, dtype=args.dtype,
+            compress=args.compress, slots=args.slots or 8,
+            workers=min(4, os.cpu_count() or 1) if args.workers is None else args.workers, shard=args.shard,
+            batch_invariant=not args.batched, devices=devices, progress=not args.no_progress)
+    except ExtractError as err:
+        return cli.fail(str(err))
+    except OSError as err:  # the output directory is not writable, the disk is full, ...
+        return cli.fail(f"{args.out}: {cli.message(err)}")
+    except KeyboardInterrupt:
+        print(f"interrupted; finished videos are in {args.out}, rerun the same command to resume",
+              file=sys.stderr)
+        return cli.INTERRUPTED
+    failed = summary["failed"]
+    print(f"{len(summary['extracted'])} videos extracted ({summary['frames']} frames in {summary['seconds']:.1f} s), "
+          f"{summary['skipped']} already done, {len(failed)} failed; report: {summary['report']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -437,6 +437,7 @@ class VideoReader:
         self._decoding = None
         self._array = None
         self._used = False
+        self.truncated = False  # set when iteration ends with a TruncatedVideoWarning
         if self.path.is_file() and self.path.stat().st_size:
             try:
                 with open(self.path, "rb") as f:
@@ -517,6 +518,7 @@ class VideoReader:
             raise VideoReadError(self.path, "no frame could be decoded")
         problem = self._decoding.truncation() if complete and self.kind == "video" else None
         if problem:
+            self.truncated = True
             warnings.warn(f"{self.path}: {problem} (a cut-off file?)", TruncatedVideoWarning, stacklevel=2)
 
     def _convert(self, payload) -> np.ndarray:
