@@ -148,6 +148,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = checkpoint_config()
     c.distributed = distributed_config()
     c.text = text_config()
+    # Zero-shot evaluation of retrieval / grounding / localization during training (eval.pretrain_eval).
+    c.eval_every = 0  # every N optimizer steps (and after the last one); 0 = off
+    c.eval = eval_config()
+    return c
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.tasks = "retrieval,grounding,localization"  # those the model has are evaluated
+    c.data_dir = ""  # held-out records (<task>/ sub-directories); "" = held-out built-in clips (built-in data only)
+    c.num_frames = 0  # frames per clip (0 = the model's)
+    c.batch_size = 0  # clips per batch per host (0 = 2 per device)
+    c.max_items = 0  # records per task (0 = all)
     return c
 
 

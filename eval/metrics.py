@@ -4,17 +4,21 @@ Classification (action recognition)
     topk_accuracy(scores, labels, ks, mask)          top-k accuracy, padded rows masked out
 Online action detection (MAT/LSTR rules, spec §7.2)
     average_precision(y_true, y_score)               = sklearn.metrics.average_precision_score
-    calibrated_average_precision(y_true, y_score)    TVSeries cAP (LSTR's calibrated precision)
+    calibrated_average_precision(y_true, y_score)    TVSeries cAP (LSTR's, NumPy's default sort for ties)
     perframe_map(targets, scores, ...)               per-frame (c)mAP, ambiguous frames removed, background out
 Retrieval
     cosine_similarity(a, b)                          embeddings -> similarities (text embeddings are inputs)
-    retrieval_ranks / retrieval_recall(sim, ...)     text->video and video->text R@1/5/10, median rank
-Temporal grounding
-    temporal_iou, window_from_scores, grounding_metrics   R@{0.3,0.5,0.7}, mIoU from per-frame similarities
-Temporal action localization
-    segments_from_scores, detection_ap, localization_map  ActivityNet-style mAP at tIoU thresholds
+    retrieval_ranks / retrieval_recall(sim, ...)     text->video and video->text R@1/5/10, median/mean rank
+Temporal grounding (the original's `validation_one_epoch_grounding`)
+    threshold_window(prob, timestamps, factor)       window grown around the max above factor x max
+    original_iou(gt, pred)                           the original's IoU (union = span of the two windows)
+    grounding_results(logits, timestamps, gts)       sigmoid -> windows for factors 0.5/0.6/0.7 -> R@m, mIoU
+    window_from_scores / grounding_metrics            the earlier maximum-subarray rule ("max_subarray" option)
+Temporal action localization (ActivityNet's `compute_average_precision_detection`)
+    segments_from_scores, localization_segments, detection_ap, localization_map   mAP at tIoU thresholds
 
-Conventions: `scores` are higher-is-better; ties are resolved as stated per function.
+Conventions: `scores` are higher-is-better; ties are resolved as stated per function (where the original
+sorts with NumPy's default, unstable sort, so do we, with the same call on the same array).
 """
 from __future__ import annotations
 
@@ -75,23 +79,26 @@ def average_precision(y_true, y_score) -> float:
 
 
 def calibrated_average_precision(y_true, y_score) -> float:
-    """TVSeries calibrated AP (LSTR `calibrated_average_precision_score`).
+    """TVSeries calibrated AP, as LSTR/MAT's `calibrated_average_precision_score`.
 
-    Frames sorted by decreasing score (stable for ties); w = #negatives / #positives;
-    cPrec_i = TP_i / (TP_i + FP_i / w); cAP = mean of cPrec at the positive positions. With w = 1
-    (balanced) it equals plain AP computed position by position.
+    Frames are ordered by `np.argsort(-y_score)` (NumPy's default sort, not stable: tied scores come out in
+    the order that call gives, as in the original, so `y_score` keeps its dtype); w = #negatives / #positives;
+    cPrec_i = TP_i / (TP_i + FP_i / w); cAP = mean of cPrec at the positive positions. NaN without positives.
     """
-    y_true = np.asarray(y_true).astype(bool).ravel()
-    y_score = np.asarray(y_score, np.float64).ravel()
-    n_pos = int(y_true.sum())
+    y_true = np.asarray(y_true).ravel()
+    y_score = np.asarray(y_score).ravel()
+    if y_true.shape != y_score.shape:
+        raise ValueError(f"shape mismatch {y_true.shape} vs {y_score.shape}")
+    tp = y_true[np.argsort(-y_score)].astype(np.float64)
+    n_pos = tp.sum()
     if n_pos == 0:
         return float("nan")
-    t = y_true[np.argsort(-y_score, kind="stable")].astype(np.float64)
-    tps, fps = np.cumsum(t), np.cumsum(1.0 - t)
+    fp = np.abs(tp - 1)
+    tps, fps = np.cumsum(tp), np.cumsum(fp)
     eps = np.finfo(np.float64).eps
-    ratio = (len(t) - n_pos) / n_pos
+    ratio = np.sum(tp == 0) / n_pos
     cprec = tps / (tps + fps / (ratio + eps) + eps)
-    return float(np.sum(cprec[t == 1]) / n_pos)
+    return float(np.sum(cprec[tp == 1]) / n_pos)
 
 
 def _one_hot(targets, num_classes: int) -> np.ndarray:
@@ -107,12 +114,15 @@ def perframe_map(targets, scores, *, metric: str = "AP", background: int | None 
                  ambiguous: int | None = None, class_names: Sequence[str] | None = None) -> dict:
     """Per-frame mAP (THUMOS'14, metric="AP") or mcAP (TVSeries, metric="cAP"), MAT/LSTR rules.
 
-    targets: int [N] class per frame or multi-hot [N, C]; scores: [N, C] (softmax probabilities).
+    targets: int [N] class per frame or multi-hot [N, C]; scores: [N, C] (softmax probabilities, dtype kept:
+    the cAP order of tied scores depends on it, as in the original which sorts the array it was given).
     1. Frames whose ground truth includes the `ambiguous` class (THUMOS: 21) are removed.
     2. AP is computed per class, except `background` (0) and `ambiguous`, for classes with >= 1 positive.
     3. The result is their mean. Returns {"mean_AP": float, "per_class_AP": {name: AP}, "num_frames": int}.
     """
-    scores = np.asarray(scores, np.float64)
+    scores = np.asarray(scores)
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
     gt = _one_hot(targets, scores.shape[1])
     if gt.shape != scores.shape:
         raise ValueError(f"targets {gt.shape} and scores {scores.shape} disagree")
@@ -240,6 +250,83 @@ def grounding_metrics(pred_windows, gt_windows, thresholds: Sequence[float] = (0
     return out
 
 
+GROUNDING_FACTORS = (0.5, 0.6, 0.7)
+GROUNDING_IOUS = (0.3, 0.5, 0.7)
+
+
+def sigmoid(x) -> np.ndarray:
+    x = np.asarray(x)
+    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
+    return (1.0 / (1.0 + np.exp(-x.astype(dtype)))).astype(dtype)
+
+
+def threshold_window(prob, timestamps, factor: float = 0.7) -> tuple[float, float]:
+    """The original's `threshold_prob_proposal`: the window grown around the highest-probability frame.
+
+    m = argmax(prob) (first maximum); thr = factor * prob[m]. `start` walks left from m while start > 0 and
+    prob[start] > thr, `end` walks right from m while end < T - 1 and prob[end] > thr, so each stops on the
+    first frame at or below thr (or on the first / last frame). The window is [timestamps[start],
+    timestamps[end]]: it ends at the timestamp of its last frame (no frame duration is added).
+    The comparison is done in `prob`'s dtype, as in the original (float32 tensors against a Python float).
+    """
+    p = np.asarray(prob)
+    ts = np.asarray(timestamps, np.float64)
+    if p.ndim != 1 or p.shape != ts.shape or len(p) == 0:
+        raise ValueError(f"prob and timestamps must be 1-D of the same non-zero length, got {p.shape}, {ts.shape}")
+    m = int(np.argmax(p))
+    thr = float(factor) * float(p[m])
+    start = m
+    while start > 0 and p[start] > thr:
+        start -= 1
+    end = m
+    while end < len(p) - 1 and p[end] > thr:
+        end += 1
+    return float(ts[start]), float(ts[end])
+
+
+def original_iou(a, b) -> float:
+    """The original's `iou(A, B)`: max(min(A1, B1) - max(A0, B0), 0) / (max(A1, B1) - min(A0, B0)).
+
+    The denominator is the span of the two windows (= the union when they overlap; the IoU is 0 otherwise).
+    Two empty windows at the same instant divide 0 by 0 in the original; here they give 0.
+    """
+    inter = max(min(float(a[1]), float(b[1])) - max(float(a[0]), float(b[0])), 0.0)
+    span = max(float(a[1]), float(b[1])) - min(float(a[0]), float(b[0]))
+    return inter / span if span > 0 else 0.0
+
+
+def grounding_results(logits: Sequence, timestamps: Sequence, gt_windows: Sequence, *,
+                      factors: Sequence[float] = GROUNDING_FACTORS, ious: Sequence[float] = GROUNDING_IOUS,
+                      method: str = "original") -> dict:
+    """R@1 at IoU >= m and mIoU per query, as the original grounding validation.
+
+    logits[q]: per-frame scores of query q (the grounding head's s*cos + b, any length); timestamps[q]: the
+    sampled frames' times in seconds; gt_windows[q]: (start, end). method "original": probabilities =
+    sigmoid(logits), one window per factor (`threshold_window`), the original IoU; returns
+    {"factor_0.5": {"R@1,IoU=0.3": .., "R@1,IoU=0.5": .., "R@1,IoU=0.7": .., "mIoU": ..}, ...,
+    "num_queries": Q}. method "max_subarray": the earlier rule (`window_from_scores` on the logits, threshold =
+    their mean; standard IoU), returned under "max_subarray".
+    """
+    if not (len(logits) == len(timestamps) == len(gt_windows)):
+        raise ValueError("logits, timestamps and gt_windows need one entry per query")
+    out: dict = {"num_queries": len(logits)}
+    if len(logits) == 0:
+        return out
+    if method == "original":
+        for f in factors:
+            iou = np.array([original_iou(gt, threshold_window(sigmoid(z), ts, f))
+                            for z, ts, gt in zip(logits, timestamps, gt_windows)])
+            res = {f"R@1,IoU={m}": float(np.mean(iou >= m)) for m in ious}
+            res["mIoU"] = float(np.mean(iou))
+            out[f"factor_{f}"] = res
+    elif method == "max_subarray":
+        preds = [window_from_scores(np.asarray(z, np.float64), ts) for z, ts in zip(logits, timestamps)]
+        out["max_subarray"] = grounding_metrics(preds, gt_windows, thresholds=ious)
+    else:
+        raise ValueError(f"method must be 'original' or 'max_subarray', got {method!r}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- localization
 
 
@@ -274,48 +361,103 @@ def _interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> float:
     return float(np.sum((mrec[idx] - mrec[idx - 1]) * mprec[idx]))
 
 
-def detection_ap(predictions: Sequence[tuple], ground_truth: Sequence[tuple], tiou: float) -> float:
-    """AP of one class at one tIoU threshold (ActivityNet `compute_average_precision_detection`).
+ACTIVITYNET_TIOUS = tuple(float(t) for t in np.round(np.linspace(0.5, 0.95, 10), 2))
 
-    predictions: (video_id, start, end, score); ground_truth: (video_id, start, end). Predictions are taken
-    in decreasing score order (stable); each is a true positive if its best-IoU still unmatched GT segment of
-    the same video has tIoU >= tiou (GT tried in decreasing IoU), else a false positive. Precision is
-    interpolated (monotone envelope). NaN when there is no ground truth.
+
+def tiou_key(t: float) -> str:
+    """'0.5', '0.55', ... (threshold names in results)."""
+    return format(round(float(t), 4), "g")
+
+
+def frame_boundaries(timestamps, duration: float | None = None) -> np.ndarray:
+    """[T + 1] boundaries of the time cells of T sampled frames: midpoints between neighbours, 0 before the
+    first frame and `duration` (default: last time + half the last gap) after the last one."""
+    ts = np.asarray(timestamps, np.float64)
+    if ts.ndim != 1 or len(ts) == 0:
+        raise ValueError("timestamps must be 1-D and non-empty")
+    mids = (ts[1:] + ts[:-1]) / 2
+    last_gap = ts[-1] - ts[-2] if len(ts) > 1 else 1.0
+    end = float(duration) if duration is not None else ts[-1] + last_gap / 2
+    return np.concatenate([[min(0.0, ts[0])], mids, [max(end, ts[-1])]])
+
+
+def localization_segments(probs, timestamps, duration: float | None = None,
+                          factors: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9), background: int | None = None
+                          ) -> list[tuple[int, float, float, float]]:
+    """Per-frame class probabilities [T, C] of one video -> detections (class, start, end, score).
+
+    The original evaluates no localization, so this is our rule, in the spirit of its grounding windows: for
+    each class, each maximal run of frames with prob >= factor * (that class's max over the video), for every
+    factor, is a candidate; duplicates are merged; a run covers the time cells of its frames
+    (`frame_boundaries`) and scores the mean probability over the run.
+    """
+    p = np.asarray(probs, np.float64)
+    if p.ndim != 2 or p.shape[0] != len(timestamps):
+        raise ValueError(f"probs must be [T, C] with T = len(timestamps), got {p.shape}")
+    bounds = frame_boundaries(timestamps, duration)
+    out, seen = [], set()
+    for c in range(p.shape[1]):
+        if c == background:
+            continue
+        top = p[:, c].max()
+        for f in factors:
+            on = np.r_[False, p[:, c] >= f * top, False]
+            edges = np.flatnonzero(np.diff(on.astype(np.int8)))
+            for a, b in zip(edges[::2], edges[1::2]):  # frames [a, b)
+                if (c, a, b) not in seen:
+                    seen.add((c, a, b))
+                    out.append((c, float(bounds[a]), float(bounds[b]), float(p[a:b, c].mean())))
+    return out
+
+
+def detection_ap(predictions: Sequence[tuple], ground_truth: Sequence[tuple], tiou: float) -> float:
+    """AP of one class at one tIoU threshold, as ActivityNet's `compute_average_precision_detection`.
+
+    predictions: (video_id, start, end, score); ground_truth: (video_id, start, end). Predictions are taken in
+    the order `np.argsort(scores)[::-1]` (NumPy's default sort of the float64 scores, reversed: the
+    original's tie order); each is matched to the GT segments of its video in the order
+    `tiou.argsort()[::-1]`: the first with tIoU >= tiou that is still free makes it a true positive, else it
+    is a false positive. Precision is interpolated (monotone envelope). NaN when there is no ground truth;
+    0 when there is no prediction.
     """
     if not ground_truth:
         return float("nan")
     if not predictions:
         return 0.0
-    preds = sorted(predictions, key=lambda p: -p[3])  # sorted() is stable
+    scores = np.asarray([p[3] for p in predictions], np.float64)
+    order = np.argsort(scores)[::-1]
     gt_by_video: dict = {}
     for k, (vid, s, e) in enumerate(ground_truth):
         gt_by_video.setdefault(vid, []).append((k, s, e))
-    used = np.zeros(len(ground_truth), bool)
-    tp = np.zeros(len(preds))
-    for i, (vid, s, e, _) in enumerate(preds):
+    locked = np.zeros(len(ground_truth), bool)
+    tp = np.zeros(len(order))
+    for i, idx in enumerate(order):
+        vid, s, e, _ = predictions[idx]
         cands = gt_by_video.get(vid, [])
         if not cands:
             continue
-        ious = temporal_iou(np.array([s, e]), np.array([[gs, ge] for _, gs, ge in cands]))
-        for j in np.argsort(-ious, kind="stable"):
+        ious = temporal_iou(np.array([s, e], np.float64), np.array([[gs, ge] for _, gs, ge in cands], np.float64))
+        for j in ious.argsort()[::-1]:
             if ious[j] < tiou:
                 break
             k = cands[j][0]
-            if not used[k]:
-                used[k] = True
-                tp[i] = 1
-                break
+            if locked[k]:
+                continue
+            locked[k] = True
+            tp[i] = 1
+            break
     ctp = np.cumsum(tp)
     cfp = np.cumsum(1 - tp)
     return _interpolated_ap(ctp / (ctp + cfp), ctp / len(ground_truth))
 
 
 def localization_map(predictions: Iterable[tuple], ground_truth: Iterable[tuple],
-                     tious: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7)) -> dict:
-    """Temporal action localization mAP per tIoU and averaged.
+                     tious: Sequence[float] = ACTIVITYNET_TIOUS) -> dict:
+    """Temporal action localization mAP per tIoU and averaged (ActivityNet: tIoU 0.5:0.05:0.95).
 
-    predictions: (video_id, class, start, end, score); ground_truth: (video_id, class, start, end).
-    Classes without ground truth are skipped. Returns {"mAP@{t}": ..., "average_mAP": ..., "per_class": ...}.
+    predictions: (video_id, class, start, end, score); ground_truth: (video_id, class, start, end). The mean is
+    over the classes that have ground truth (a class without predictions has AP 0). Returns
+    {"mAP@{t}": ..., "average_mAP": ..., "per_class": {t: {class: AP}}}.
     """
     predictions, ground_truth = list(predictions), list(ground_truth)
     classes = sorted({g[1] for g in ground_truth})
@@ -326,9 +468,9 @@ def localization_map(predictions: Iterable[tuple], ground_truth: Iterable[tuple]
         for c in classes:
             aps[c] = detection_ap([(v, s, e, sc) for v, cc, s, e, sc in predictions if cc == c],
                                   [(v, s, e) for v, cc, s, e in ground_truth if cc == c], t)
-        out["per_class"][f"{t}"] = aps
-        out[f"mAP@{t}"] = float(np.mean(list(aps.values())))
-        maps.append(out[f"mAP@{t}"])
+        out["per_class"][tiou_key(t)] = aps
+        out[f"mAP@{tiou_key(t)}"] = float(np.mean(list(aps.values()))) if aps else float("nan")
+        maps.append(out[f"mAP@{tiou_key(t)}"])
     out["average_mAP"] = float(np.mean(maps))
     return out
 

@@ -79,7 +79,7 @@ def cmd_import_pytorch(args) -> int:
     from streamformer_jax.convert.keymap import OFFICIAL_PREFIX, official_to_ours
     from streamformer_jax.convert.pretrain import (ConversionError, infer_config, nonstandard_buffers,
                                                    read_safetensors_dir, split_backbone)
-    from streamformer_jax.models.config import StreamFormerConfig
+    from streamformer_jax.models.config import OFFICIAL_LORA_RANK, StreamFormerConfig
 
     src, dst = pathlib.Path(args.src), pathlib.Path(args.dst)
     _prepare_dst(dst, args.overwrite)
@@ -116,7 +116,9 @@ def cmd_import_pytorch(args) -> int:
         if config is None:
             config, notes = infer_config({k: tuple(v.shape) for k, v in backbone.items()}, args.num_heads)
             print("config inferred from the tensor shapes (pass --config CONFIG_JSON to set it):")
-            print(json.dumps(config.to_hf_dict(), indent=2, sort_keys=True))
+            # (a LoRA rank other than the official 32, e.g. from a small model trained here, has no HF form)
+            print(json.dumps(config.to_hf_dict() if config.lora_rank in (0, OFFICIAL_LORA_RANK)
+                             else config.to_dict(), indent=2, sort_keys=True))
             for n in notes:
                 print(f"  note: {n}")
     else:

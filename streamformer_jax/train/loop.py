@@ -272,6 +272,7 @@ def train(config, workdir: str | pathlib.Path, *, stop_at: int | None = None,
     # ---- 6. loop
     writer = MetricWriter(workdir, total_steps=total_steps, start_step=step,
                           progress_bar=config.progress_bar and jax.process_index() == 0)
+    evaluator = _periodic_evaluator(config, setup)  # None unless config.eval_every > 0
     timer = StepTimer()
     acc = trainer.init_accumulator()
     micro_log: list[tuple[str, dict]] = []
@@ -336,6 +337,8 @@ def train(config, workdir: str | pathlib.Path, *, stop_at: int | None = None,
                 row.update(clips_seen=step * clips_per_step, progress=step / max(total_steps, 1))
                 writer.write(step, row)
                 step_log, micro_log = [], []
+            if evaluator is not None and (step % config.eval_every == 0 or last):
+                writer.write(step, evaluator(step, state))  # zero-shot metrics, eval/<task>/<dataset>/...
             if will_save:
                 ckpt.save(step, state, it.get_state(), force=last or stop_now)
             if stop_now and not last:
@@ -354,6 +357,17 @@ def train(config, workdir: str | pathlib.Path, *, stop_at: int | None = None,
         preempt.close()  # only now: a second SIGTERM during the final save must not kill the process
     return {"step": step, "total_steps": total_steps, "stopped": stopped, "losses": losses, "state": state,
             "trainer": trainer}
+
+
+# ------------------------------------------------------------------------------------- periodic evaluation
+def _periodic_evaluator(config, setup):
+    """Zero-shot retrieval / grounding / localization every `config.eval_every` steps (`eval.pretrain_eval`;
+    the evaluation package is imported only when the feature is on)."""
+    if int(config.get("eval_every", 0) or 0) <= 0:
+        return None
+    from eval.pretrain_eval import make_evaluator
+
+    return make_evaluator(config, setup, log=setup.note)
 
 
 def _summarise(step_log: list[dict], micro_log: list[tuple[str, dict]]) -> dict[str, float]:

@@ -109,8 +109,22 @@ def build(config, class_names: Mapping[str, list[str]]) -> TaskModel:
     elif config.model.trainable != "original":
         raise ValueError(f"config.model.trainable must be 'original' or 'all', got {config.model.trainable!r}")
     decay = multitask.weight_decay_mask(names)
+    # The original wrapper's own (dead) logit scalars keep the heads' initial values (spec §10.10).
+    first_head = model.heads[tasks[0]]
+    wrapper_scalars = (float(np.asarray(first_head.logit_scale[...])), float(np.asarray(first_head.logit_bias[...])))
+
+    def export(flat, out_dir):
+        """Heads, text tower and tokenizer beside the exported backbone (`train.pretrain_export`)."""
+        from streamformer_jax.train.pretrain_export import write_pretrain_export
+
+        write_pretrain_export(out_dir, flat, tasks=tasks, backbone_config=bb.replace(dtype="float32"),
+                              text_config=model.text_encoder.config if model.text_encoder is not None else None,
+                              tokenizer=tokenizer, label_sets={t: list(class_names[t]) for t in tasks},
+                              wrapper_logit_scale=wrapper_scalars[0], wrapper_logit_bias=wrapper_scalars[1])
+
     return TaskModel(model=model, loss=multitask.task_loss, trainable=lambda n: trainable.get(n, False),
-                     decay=lambda n: decay.get(n, True), backbone=bb, text=text, prepare_batch=prepare_batch)
+                     decay=lambda n: decay.get(n, True), backbone=bb, text=text, prepare_batch=prepare_batch,
+                     export=export, tokenizer=tokenizer)
 
 
 register_model_kind("multitask", build)
