@@ -82,8 +82,10 @@ def text_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.max_length = 64  # tokens per text (the original pads to 64)
     # The random tower used when checkpoint == "" (hidden_size 0 = the backbone's width, mlp_size 0 = 2x).
+    # init_scale multiplies the initial weights and embeddings (SigLIP's std 0.02); at tiny widths 0.02 leaves every
+    # caption with nearly the same embedding (cosine ~0.999), a larger scale makes them distinct.
     c.random = ml_collections.ConfigDict(dict(vocab_size=4096, hidden_size=0, mlp_size=0, num_layers=1,
-                                              num_heads=4))
+                                              num_heads=4, init_scale=1.0))
     return c
 
 

@@ -66,7 +66,15 @@ def build(config, class_names: Mapping[str, list[str]]) -> TaskModel:
         text_cfg = SiglipTextConfig(vocab_size=r.vocab_size, hidden_size=d, intermediate_size=r.mlp_size or 2 * d,
                                     num_hidden_layers=r.num_layers, num_attention_heads=r.num_heads,
                                     max_position_embeddings=config.text.max_length, projection_size=bb.hidden_size)
-        return init_text_model(text_cfg, seed=config.text.seed)
+        tower = init_text_model(text_cfg, seed=config.text.seed)
+        scale = float(r.get("init_scale", 1.0))
+        if scale != 1.0:  # larger random weights: captions get distinct embeddings (see configs/common.py)
+            from streamformer_jax.text.model import text_flat_params, text_model_from_flat
+
+            flat = {k: np.asarray(v) * (scale if k.endswith(("kernel", "embedding")) else 1.0)
+                    for k, v in text_flat_params(tower).items()}
+            tower = text_model_from_flat(text_cfg, flat)
+        return tower
 
     if config.model.init:
         model = multitask.MultiTaskModel.from_pretrained(

@@ -1,0 +1,278 @@
+"""Zero-shot evaluation of the pretraining tasks, end to end on built-in data.
+
+One tiny pretraining run (retrieval, grounding, localization, VIS; 2 steps; `eval_every=1`) serves every test:
+the periodic evaluation it logs, the export it writes (heads and text tower in the original layout), the three
+CLIs on its export over held-out records and over original annotation files, resuming, errors, and the
+`.pth` round trip. References are computed independently (record frames decoded and resized here, the
+backbone run through `FeatureExtractor`, ranks by sorting)."""
+import csv
+import io
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from test_train_support import builtin_dir, jax_cache, read_metrics, tiny_config  # noqa: F401
+
+TASKS = ("retrieval", "grounding", "localization", "vis")
+
+
+@pytest.fixture(scope="module")
+def run(builtin_dir, jax_cache, tmp_path_factory):  # noqa: F811
+    from streamformer_jax.train import loop
+
+    workdir = tmp_path_factory.mktemp("zero_shot_run")
+    # LoRA rank 32: the official class's rank, so the exported .pth loads into the reference backbone strictly
+    config = tiny_config(builtin_dir, jax_cache, tasks=TASKS, total_steps=2, eval_every=1,
+                         **{"model.overrides.lora_rank": 32, "checkpoint.every_steps": 2})
+    summary = loop.train(config, workdir, log=lambda s: None)
+    assert summary["stopped"] == "done"
+    return workdir, pathlib.Path(builtin_dir) / "heldout" / "records", summary
+
+
+# ---------------------------------------------------------------------------------------- during training
+def test_periodic_evaluation_is_logged(run):
+    workdir, records, _ = run
+    rows = [r for r in read_metrics(workdir) if any(k.startswith("eval/") for k in r)]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert 0 <= r["eval/retrieval/builtin/t2v_R@1"] <= 1
+        assert "eval/grounding/builtin/factor_0.7/R@1,IoU=0.5" in r
+        assert "eval/localization/builtin/average_mAP" in r
+    assert (records / "retrieval" / "metadata.json").is_file()  # held-out built-in records, written once
+    events = b"".join(p.read_bytes() for p in (workdir / "tensorboard").iterdir())
+    assert b"eval/localization/builtin/average_mAP" in events  # TensorBoard gets the same scalars
+
+
+# ------------------------------------------------------------------------------------------------- CLIs
+def _reference_retrieval(export, records):
+    """Independent recomputation: frames of each record at the UMT 'middle' indices, PIL bicubic square resize,
+    FeatureExtractor forward, last frame's pooled vector; captions through the text tower; ranks by sorting."""
+    from PIL import Image
+
+    from data_pipelines import schema
+    from data_pipelines.pipeline import sources
+    from eval.pretrained import load_pretrained
+    from streamformer_jax.api import FeatureExtractor
+    from streamformer_jax.text.embeddings import encode_texts
+
+    fx = FeatureExtractor.from_checkpoint(export)
+    t, s = fx.config.num_frames, fx.config.image_size
+    src = sources.open_source(records / "retrieval")
+    videos, captions = [], []
+    for i in range(len(src)):
+        ex = schema.decode_record(src[i])
+        n = len(ex["frames"])
+        k = min(t, n)
+        edges = [int(x) for x in np.linspace(0, n, k + 1)]
+        idx = [(edges[j] + edges[j + 1] - 1) // 2 for j in range(k)] + [None] * (t - k)
+        idx = [x if x is not None else idx[k - 1] for x in idx]
+        frames = np.stack([np.asarray(Image.open(io.BytesIO(ex["frames"][j])).convert("RGB")
+                                      .resize((s, s), Image.BICUBIC)) for j in idx])
+        videos.append(fx(frames)["pooler_output"][-1])
+        captions.append(ex["captions"][0])
+    pm = load_pretrained(export)
+    text = encode_texts(pm.model.text_encoder, pm.tokenizer, captions)
+    v = np.stack(videos) / np.linalg.norm(videos, axis=1, keepdims=True)
+    u = text / np.linalg.norm(text, axis=1, keepdims=True)
+    sim = u @ v.T
+    ranks = np.array([list(np.argsort(-row)).index(i) + 1 for i, row in enumerate(sim)])
+    return {f"R@{k}": float(np.mean(ranks <= k)) for k in (1, 5)}
+
+
+def test_retrieval_cli_matches_independent_reference(run, tmp_path):
+    from eval import retrieval
+
+    workdir, records, _ = run
+    out = tmp_path / "retrieval.json"
+    assert retrieval.main(["--checkpoint", str(workdir / "export"), "--data", str(records), "--out", str(out),
+                           "--no-progress"]) == 0
+    res = json.loads(out.read_text())
+    ds = res["datasets"]["builtin"]
+    assert ds["num_videos"] == ds["num_queries"] == 8 and res["num_failed"] == 0 and not ds["paragraph"]
+    ref = _reference_retrieval(workdir / "export", records)
+    assert ds["t2v"]["R@1"] == pytest.approx(ref["R@1"]) and ds["t2v"]["R@5"] == pytest.approx(ref["R@5"])
+    assert not out.with_name(out.name + ".features").exists()  # the resume cache is removed when done
+
+
+def test_grounding_and_localization_clis(run, tmp_path):
+    from eval import grounding, localization
+
+    workdir, records, _ = run
+    for module, name in ((grounding, "grounding"), (localization, "localization")):
+        out = tmp_path / f"{name}.json"
+        assert module.main(["--checkpoint", str(workdir), "--data", str(records), "--out", str(out),
+                            "--no-progress"]) == 0  # a run directory: its newest checkpoint, exported once
+        res = json.loads(out.read_text())["datasets"]["builtin"]
+        assert res["num_videos"] == 16
+        if name == "grounding":
+            assert set(res) >= {"factor_0.5", "factor_0.6", "factor_0.7"} and res["num_queries"] == 16
+        else:
+            assert set(res) >= {"mAP@0.5", "mAP@0.95", "average_mAP"} and res["num_segments"] == 16
+    assert (workdir / "export_step2").is_dir() or (workdir / "export" / "text_config.json").is_file()
+
+
+def test_grounding_cli_on_original_annotation_csv(run, tmp_path):
+    """The original TaskGrounding CSV (header, Python-literal windows, dataset column) + a video folder."""
+    from data_pipelines import schema
+    from data_pipelines.pipeline import sources
+    from eval import grounding
+
+    workdir, records, _ = run
+    src = sources.open_source(records / "grounding")
+    rows = []
+    for i in range(len(src)):
+        ex = schema.decode_record(src[i])
+        (s, e), = ex["windows"].tolist()
+        rows.append([ex["video_id"], s, e, ex["captions"][0], repr([[s, e]]), "Charades" if i % 2 else "TaCoS2"])
+    ann = tmp_path / "grounding.csv"
+    with open(ann, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video_id", "start_second", "end_second", "text", "relevant_windows", "dataset"])
+        w.writerows(rows)
+    out = tmp_path / "g.json"
+    assert grounding.main(["--checkpoint", str(workdir / "export"), "--data", str(ann), "--video-root",
+                           str(records.parent / "videos"), "--out", str(out), "--no-progress",
+                           "--method", "max_subarray"]) == 0
+    res = json.loads(out.read_text())
+    assert res["data_kind"] == "annotations" and set(res["datasets"]) == {"Charades", "TaCoS2"}
+    assert res["datasets"]["Charades"]["num_queries"] == 8 and "max_subarray" in res["datasets"]["Charades"]
+
+
+def test_features_resume_after_interruption(run, tmp_path):
+    from eval import zero_shot as Z
+    from eval.pretrained import load_pretrained
+
+    workdir, records, _ = run
+    pm = load_pretrained(workdir / "export")
+    items, _ = Z.find_items(records, "grounding")
+    full = Z.evaluate("grounding", pm, items, progress=False)
+    runner = Z.FeatureRunner(pm)
+    calls = []
+    real_call = Z.FeatureRunner.__call__
+
+    def failing(self, frames):
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # stop during the second batch
+        calls.append(1)
+        return real_call(self, frames)
+
+    cache = tmp_path / "cache.npz"
+    Z.FeatureRunner.__call__ = failing
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Z.evaluate("grounding", pm, items, progress=False, cache_path=cache, batch_size=8, runner=runner)
+    finally:
+        Z.FeatureRunner.__call__ = real_call
+    saved = Z.FeatureCache(cache, Z.fingerprint("grounding", "", 4, len(items), ["DiDeMo"]))
+    assert len(saved.feats) == 8  # the first batch was kept
+    batches = []
+    counting = lambda self, frames: batches.append(1) or real_call(self, frames)  # noqa: E731
+    Z.FeatureRunner.__call__ = counting
+    try:
+        resumed = Z.evaluate("grounding", pm, items, progress=False, cache_path=cache, batch_size=8, runner=runner)
+    finally:
+        Z.FeatureRunner.__call__ = real_call
+    assert len(batches) == 1  # only the 8 remaining clips
+    assert resumed["datasets"] == full["datasets"]
+
+
+def test_user_errors_are_one_line(run, tmp_path, capsys):
+    from eval import localization, retrieval
+
+    workdir, records, _ = run
+    cases = [
+        (retrieval, ["--checkpoint", str(tmp_path / "missing"), "--data", str(records)], "missing"),
+        (retrieval, ["--checkpoint", str(workdir / "export"), "--data", str(tmp_path / "none.csv")], "none.csv"),
+        (localization, ["--checkpoint", str(workdir / "export"), "--data", str(records / "retrieval")],
+         "retrieval"),
+    ]
+    ann = tmp_path / "r.csv"
+    ann.write_text("video_id,dataset,text\nv1,MSRVTT,\"['a caption']\"\n")
+    cases.append((retrieval, ["--checkpoint", str(workdir / "export"), "--data", str(ann)], "--video-root"))
+    for module, argv, needle in cases:
+        assert module.main(argv + ["--out", str(tmp_path / "o.json"), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+# ------------------------------------------------------------------------------------------ export / .pth
+def _expected_wrapper_keys(config, text_layers: int, tasks) -> int:
+    """Spec §1.9's count: 2 wrapper scalars + backbone (+ mask buffers) + text tower + per task (2 scalars +
+    text aliases) + VIS (11 MAP-head aliases + 10 projection tensors)."""
+    backbone = 4 + config.num_layers * 26 + 2 + 11
+    text = 2 + text_layers * 16 + 2 + 2
+    return 2 + backbone + text + len(tasks) * (2 + text) + (21 if "vis" in tasks else 0)
+
+
+def test_official_wrapper_count_for_vit_b():
+    from types import SimpleNamespace
+
+    # the released model: ViT-B (12 layers) + SigLIP text (12 layers), six tasks -> the verified 1750 entries
+    six = ("kinetics", "ssv2", "retrieval", "grounding", "localization", "vis")
+    assert _expected_wrapper_keys(SimpleNamespace(num_layers=12), 12, six) == 1750
+
+
+def test_pth_export_of_a_trained_checkpoint_round_trips(run, tmp_path):
+    torch = pytest.importorskip("torch")
+    from torch_reference import ReferenceBackbone
+
+    from streamformer_jax.checkpoint import load_checkpoint
+    from streamformer_jax.convert.__main__ import main as convert
+    from streamformer_jax.convert.pretrain import read_extras
+    from streamformer_jax.train.multitask import MultiTaskModel, multitask_flat_params
+
+    workdir, _, _ = run
+    export = workdir / "export"
+    pth = tmp_path / "checkpoint-epoch.pth"
+    assert convert(["export-pytorch", "--src", str(export), "--dst", str(pth)]) == 0
+    state = torch.load(pth, map_location="cpu", weights_only=True)["model"]
+    config, params = load_checkpoint(export)
+    meta = json.loads((export / "text_config.json").read_text())
+    # every task with labels in the data has a head (the built-in dataset has all six)
+    assert len(state) == _expected_wrapper_keys(config, meta["text_config"]["num_hidden_layers"], meta["tasks"])
+    for task in ("TaskRetrieval", "TaskGrounding", "TaskLocalization", "TaskVIS"):
+        assert f"task_heads.{task}.logit_scale" in state
+        alias = f"task_heads.{task}.text_encoder.text_model.head.weight"
+        assert state[alias].data_ptr() == state["text_encoder.text_model.head.weight"].data_ptr()  # stored once
+    assert state["task_heads.TaskVIS.head.probe"].data_ptr() == state["timesformer.head.probe"].data_ptr()
+    # the downstream loaders (ckpt_to_pretrained-style): `timesformer.*` loads strictly into the backbone class
+    ref = ReferenceBackbone(config.to_hf_dict())
+    ref.load_state_dict({k[len("timesformer."):]: v for k, v in state.items() if k.startswith("timesformer.")},
+                        strict=True)
+    # back: import-pytorch, then the heads and text tower equal the trained ones bit for bit
+    back = tmp_path / "back"
+    assert convert(["import-pytorch", "--src", str(pth), "--dst", str(back), "--num-heads", str(config.num_heads)]) == 0
+    config2, params2 = load_checkpoint(back)
+    assert config2 == config and all(np.array_equal(params[k], params2[k]) for k in params)
+    tasks = meta["tasks"]
+    heads = meta["text_config"]["num_attention_heads"]
+    a = multitask_flat_params(MultiTaskModel.from_pretrained(export, tasks, text_num_heads=heads))
+    b = multitask_flat_params(MultiTaskModel.from_pretrained(back, tasks, text_num_heads=heads))
+    assert sorted(a) == sorted(b)
+    assert all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
+    trained = read_extras(export)[0]
+    again = read_extras(back)[0]
+    assert sorted(trained) == sorted(again) and all(np.array_equal(trained[k], again[k]) for k in trained)
+    # and the trained state itself: the export holds the run's final head parameters
+    final = {k: np.asarray(v) for k, v in _final_flat(workdir).items() if k.startswith("heads.")}
+    assert all(np.array_equal(np.asarray(a[k]), final[k]) for k in final)
+
+
+def _final_flat(workdir):
+    from streamformer_jax.train import export as export_lib  # noqa: F401
+    import ml_collections
+
+    from streamformer_jax.checkpoint import flatten
+    from streamformer_jax.train import loop
+
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    with config.unlocked():
+        config.distributed.initialize = "no"
+    setup = loop.Setup(config, workdir, log=lambda s: None)
+    step, state, _ = setup.ckpt.restore_latest(setup.trainer.abstract_state())
+    setup.ckpt.close()
+    import jax
+
+    return {**flatten(jax.device_get(state["params"])), **flatten(jax.device_get(state["frozen"]))}
