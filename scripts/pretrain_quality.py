@@ -4,8 +4,9 @@ built-in clips, and an online-action-detection head on built-in streams, each ag
     python scripts/pretrain_quality.py --workdir /tmp/sf_pretrain_quality [--steps 300] [--seed 42]
 
 1. Pretrains the tiny model on the built-in dataset (`configs/pretrain_multitask.py:tiny` with 8 frames per clip,
-   `--steps` optimizer steps and the random stand-in text tower at `--text-init-scale`: at SigLIP's init scale
-   the tiny tower gives every caption nearly the same embedding, cosine ~0.999, so captions cannot be told apart).
+   `--steps` optimizer steps and a 2-layer random stand-in text tower at `--text-init-scale` 25: at SigLIP's init
+   scale the tiny tower gives every caption nearly the same embedding, cosine ~0.999, so captions cannot be told
+   apart and retrieval stays at chance).
    The same model before training (the run's seed) is exported too.
 2. Writes held-out built-in records (`eval.builtin_heldout`: other sizes, lengths, shades, windows) and runs
    `python -m eval.retrieval|grounding|localization` on them for the trained and the untrained model.
@@ -31,7 +32,7 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_config(steps: int, num_frames: int, text_init_scale: float, seed: int | None):
+def load_config(steps: int, num_frames: int, text_init_scale: float, text_layers: int, seed: int | None):
     spec = importlib.util.spec_from_file_location("_sf_pretrain", REPO / "configs" / "pretrain_multitask.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -39,6 +40,7 @@ def load_config(steps: int, num_frames: int, text_init_scale: float, seed: int |
     config.total_steps = steps
     config.model.overrides.num_frames = num_frames
     config.text.random.init_scale = text_init_scale
+    config.text.random.num_layers = text_layers
     config.progress_bar = False
     config.log_every = 20
     config.checkpoint.every_steps = 100
@@ -127,13 +129,13 @@ def oad(export: pathlib.Path, workdir: pathlib.Path) -> dict:
     return json.loads((workdir / "run" / "results.json").read_text())
 
 
-def run(workdir, *, steps: int = 300, num_frames: int = 8, text_init_scale: float = 25.0,
+def run(workdir, *, steps: int = 300, num_frames: int = 8, text_init_scale: float = 25.0, text_layers: int = 2,
         seed: int | None = None) -> dict:
     from eval.builtin_heldout import write_heldout_records
     from streamformer_jax.train import loop
 
     workdir = pathlib.Path(workdir).absolute()
-    config = load_config(steps, num_frames, text_init_scale, seed)
+    config = load_config(steps, num_frames, text_init_scale, text_layers, seed)
     config.builtin_dir = str(workdir / "builtin_data")
     untrained = export_initial(config, workdir / "run", workdir / "untrained")
     summary = loop.train(config, workdir / "run", log=lambda s: None)
@@ -141,7 +143,8 @@ def run(workdir, *, steps: int = 300, num_frames: int = 8, text_init_scale: floa
     heldout = write_heldout_records(workdir / "heldout")
     data = heldout["retrieval"].parent
     out: dict = {"config": "configs/pretrain_multitask.py:tiny", "seed": int(config.seed),
-                 "steps": int(summary["step"]), "num_frames": num_frames, "text_init_scale": text_init_scale}
+                 "steps": int(summary["step"]), "num_frames": num_frames, "text_init_scale": text_init_scale,
+                 "text_layers": text_layers}
     for name, ckpt in (("untrained", untrained), ("trained", trained)):
         r = zero_shot("retrieval", ckpt, data, workdir / f"{name}_retrieval.json")["datasets"]["builtin"]
         g = zero_shot("grounding", ckpt, data, workdir / f"{name}_grounding.json")["datasets"]["builtin"]
@@ -176,10 +179,12 @@ def main(argv=None) -> int:
     p.add_argument("--num-frames", type=int, default=8, help="frames per clip (default 8)")
     p.add_argument("--text-init-scale", type=float, default=25.0,
                    help="init scale of the random stand-in text tower (default 25; 1 = SigLIP's std 0.02)")
+    p.add_argument("--text-layers", type=int, default=2, help="layers of the random stand-in text tower (default 2)")
     p.add_argument("--seed", type=int, default=None, help="the run's seed (default: the config's, 42)")
     args = p.parse_args(argv)
     summary = json.dumps(run(args.workdir, steps=args.steps, num_frames=args.num_frames,
-                             text_init_scale=args.text_init_scale, seed=args.seed), indent=2)
+                             text_init_scale=args.text_init_scale, text_layers=args.text_layers, seed=args.seed),
+                         indent=2)
     (pathlib.Path(args.workdir) / "summary.json").write_text(summary + "\n")
     print(summary)
     return 0

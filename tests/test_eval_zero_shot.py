@@ -276,3 +276,43 @@ def _final_flat(workdir):
     import jax
 
     return {**flatten(jax.device_get(state["params"])), **flatten(jax.device_get(state["frozen"]))}
+
+
+def test_export_with_sentencepiece_tokenizer_loads_back(tmp_path):
+    """A run with a real (SentencePiece) tokenizer: the export copies spiece.model and records it, and
+    load_pretrained rebuilds the same tokenizer, text tower and heads without any other input."""
+    spm = pytest.importorskip("sentencepiece")
+    from eval.pretrained import load_pretrained
+    from streamformer_jax.checkpoint import save_checkpoint
+    from streamformer_jax.models.config import get_preset
+    from streamformer_jax.text import SiglipTokenizer
+    from streamformer_jax.text.model import SiglipTextConfig, init_text_model
+    from streamformer_jax.train.multitask import MultiTaskModel, multitask_flat_params
+    from streamformer_jax.train.pretrain_export import write_pretrain_export
+
+    model_file = io.BytesIO()
+    corpus = ["a red square moves", "the blue block slides across", "a video of a person"] * 30
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus), model_writer=model_file, vocab_size=30,
+                                   model_type="unigram", character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2,
+                                   bos_id=-1, minloglevel=2)
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "spiece.model").write_bytes(model_file.getvalue())
+    tok = SiglipTokenizer(tmp_path / "tok", max_length=16)
+    cfg = get_preset("tiny", num_frames=4, image_size=32, patch_size=16, lora_rank=4, dtype="float32")
+    text_cfg = SiglipTextConfig(vocab_size=30, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                num_attention_heads=4, max_position_embeddings=16, projection_size=64)
+    model = MultiTaskModel(cfg, ["retrieval", "localization"], rngs=1, text_encoder=init_text_model(text_cfg, 2))
+    model.set_params({"heads.retrieval.logit_scale": np.float32(3.5), "heads.localization.logit_bias": np.float32(-4)})
+    flat = {k: np.asarray(v) for k, v in multitask_flat_params(model).items()}
+    out = save_checkpoint(tmp_path / "export", cfg, {k[9:]: v for k, v in flat.items() if k.startswith("backbone.")})
+    write_pretrain_export(out, flat, tasks=["retrieval", "localization"], backbone_config=cfg, text_config=text_cfg,
+                          tokenizer=tok, label_sets={"localization": ["red", "blue"], "retrieval": []},
+                          wrapper_logit_scale=2.3, wrapper_logit_bias=-10.0)
+    (tmp_path / "tok" / "spiece.model").unlink()  # the export must not depend on the original file
+    pm = load_pretrained(out)
+    assert isinstance(pm.tokenizer, SiglipTokenizer) and pm.tokenizer.max_length == 16
+    assert np.array_equal(pm.tokenizer(["a red block"]), tok(["a red block"]))
+    assert pm.label_sets["localization"] == ["red", "blue"]
+    assert pm.head_scalars("retrieval")[0] == pytest.approx(np.exp(3.5))
+    back = multitask_flat_params(pm.model)
+    assert all(np.array_equal(np.asarray(back[k]), flat[k]) for k in flat)

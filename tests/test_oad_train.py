@@ -10,7 +10,14 @@ import pytest
 from eval import oad_data as D
 from eval import oad_lstr as L
 from eval import oad_train as T
-from test_train_support import REPO
+from test_train_support import REPO, jax_cache  # noqa: F401
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compilation_cache(jax_cache):  # noqa: F811 - the runs below compile the same programs again
+    from streamformer_jax.train.loop import enable_compilation_cache
+
+    enable_compilation_cache(jax_cache)
 
 
 def small_config(**over):
@@ -22,7 +29,7 @@ def small_config(**over):
     cfg = module.get_config("tiny")
     cfg.model.long_memory_seconds, cfg.model.work_memory_seconds = 4, 2  # 16 long frames (4 samples), 8 work
     cfg.model.d_model, cfg.model.dim_feedforward = 32, 64
-    cfg.epochs, cfg.batch_size, cfg.progress_bar = 3, 4, False
+    cfg.epochs, cfg.batch_size, cfg.progress_bar, cfg.eval_batch = 3, 4, False, 16
     for k, v in over.items():
         cfg[k] = v
     return cfg
@@ -144,7 +151,7 @@ def test_cli_end_to_end_and_errors(tmp_path, capsys):
     args = ["--features", str(feats), "--annotations", str(ann), "--config",
             str(REPO / "configs" / "oad_lstr.py") + ":tiny", "--workdir", str(tmp_path / "w"),
             "--config.epochs=1", "--config.model.long_memory_seconds=4", "--config.model.work_memory_seconds=2",
-            "--config.progress_bar=False"]
+            "--config.progress_bar=False", "--config.eval_batch=16"]
     assert T.main(args) == 0
     res = json.loads((tmp_path / "w" / "results.json").read_text())
     assert res["dataset"] == "SYN" and res["test_sessions"] == 3
