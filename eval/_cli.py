@@ -64,7 +64,7 @@ def run(task: str, args, extra_settings: dict | None = None, **evaluate_kwargs) 
     pm = P.load_pretrained(args.checkpoint, text=args.text, tokenizer=args.tokenizer, log=log)
     items, info = Z.find_items(args.data, task, video_root=args.video_root, fmt=args.format,
                                class_names=evaluate_kwargs.pop("annotation_classes", None),
-                               max_frames=args.max_frames)
+                               max_frames=args.max_frames, parse_kwargs=evaluate_kwargs.pop("parse_kwargs", None))
     if task == "localization" and not evaluate_kwargs.get("class_names"):
         evaluate_kwargs["class_names"] = _default_classes(args, info, pm)
     out = pathlib.Path(args.out)
@@ -92,7 +92,7 @@ def _default_classes(args, info, pm) -> list[str]:
         return names or list(pm.label_sets.get("localization") or [])
     from data_pipelines.annotations.localization import class_names_of
 
-    return list(class_names_of(args.data))
+    return list(class_names_of(args.data, getattr(args, "subset", None)))
 
 
 def _process_index() -> int:

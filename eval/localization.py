@@ -20,6 +20,9 @@ def build_parser():
     p = _cli.build_parser("localization", __doc__.split("\n\n")[0])
     p.add_argument("--class-names", default=None, help="class table: text file (line i = class i) or label2id.json "
                    "(flat or nested per dataset)")
+    p.add_argument("--subset", default=None, help="ActivityNet-style JSON: evaluate this subset (e.g. validation)")
+    p.add_argument("--json-dataset", default="", help="ActivityNet-style JSON: its dataset name (ActivityNet, HACS, "
+                   "FineAction; HACS selects the v_ file prefix)")
     return p
 
 
@@ -29,8 +32,10 @@ def _main(argv):
     args = build_parser().parse_args(argv)
     table = load_class_names(args.class_names) if args.class_names else None
     names = list(table.names) if table is not None else None
-    result = _cli.run("localization", args, {"class_names_source": args.class_names or "auto"},
-                      annotation_classes=table, class_names=names)
+    parse = {"subset": args.subset, "dataset": args.json_dataset} if str(args.data).endswith(".json") else {}
+    result = _cli.run("localization", args, {"class_names_source": args.class_names or "auto",
+                                             "subset": args.subset}, annotation_classes=table, class_names=names,
+                      parse_kwargs=parse)
     _cli.print_summary("localization", result, args.out)
     return 0
 

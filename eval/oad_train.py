@@ -59,6 +59,9 @@ def make_optimizer(optim, schedule):
 
 
 # -------------------------------------------------------------------------------------------- training
+_COMPILED: dict = {}  # (model/optim settings, schedule length, ignore index) -> (schedule, tx, step, predict)
+
+
 class OADTrainer:
     def __init__(self, config, info: D.DataInfo, train: list[D.Session], test: list[D.Session], workdir):
         import jax
@@ -77,27 +80,35 @@ class OADTrainer:
                                  "frames)")
         self.iters_per_epoch = -(-len(probe) // int(config.batch_size))
         self.total_steps = self.iters_per_epoch * int(config.epochs)
-        self.schedule = lr_schedule(config.optim, self.iters_per_epoch, int(config.epochs))
-        self.tx = make_optimizer(config.optim, self.schedule)
-        ignore = info.ignore_index
+        key = (config.model.to_json(), config.optim.to_json(), int(config.epochs), self.iters_per_epoch,
+               info.ignore_index)
+        if key not in _COMPILED:  # later runs of the same setup (a resume, tests) reuse the compiled programs
+            _COMPILED[key] = self._compile(config, info.ignore_index)
+        self.schedule, self.tx, self._step, self._predict = _COMPILED[key]
+
+    def _compile(self, config, ignore):
+        import jax
+
+        schedule = lr_schedule(config.optim, self.iters_per_epoch, int(config.epochs))
+        tx = make_optimizer(config.optim, schedule)
+        heads = self.heads
 
         def loss_fn(params, lx, lm, wx, y, w):
-            logits = L.forward(params, lx, lm, wx, num_heads=self.heads)
+            logits = L.forward(params, lx, lm, wx, num_heads=heads)
             c = logits.shape[-1]
             return L.mce_loss(logits.reshape(-1, c), y.reshape(-1, c), w.reshape(-1), ignore)
 
         def step(state, lx, lm, wx, y, w):
-            loss, grads = jax.value_and_grad(loss_fn)(state["params"], lx, lm, wx, y, w)
-            updates, opt = self.tx.update(grads, state["opt"], state["params"])
             import optax
 
+            loss, grads = jax.value_and_grad(loss_fn)(state["params"], lx, lm, wx, y, w)
+            updates, opt = tx.update(grads, state["opt"], state["params"])
             params = optax.apply_updates(state["params"], updates)
             return {"params": params, "opt": opt, "step": state["step"] + 1}, {
-                "loss": loss, "lr": self.schedule(state["step"])}
+                "loss": loss, "lr": schedule(state["step"])}
 
-        self._step = jax.jit(step, donate_argnums=(0,))
-        self._predict = jax.jit(lambda p, lx, lm, wx: jax.nn.softmax(
-            L.forward(p, lx, lm, wx, num_heads=self.heads), axis=-1))
+        predict = jax.jit(lambda p, lx, lm, wx: jax.nn.softmax(L.forward(p, lx, lm, wx, num_heads=heads), axis=-1))
+        return schedule, tx, jax.jit(step, donate_argnums=(0,)), predict
 
     def init_state(self) -> dict:
         import jax

@@ -137,7 +137,8 @@ class VideoLoadError(Exception):
 
 
 def annotation_items(path: str | os.PathLike, task: str, video_root: str | os.PathLike, *,
-                     class_names=None, max_frames: int = 1024, short_side: int | None = 256) -> list[EvalItem]:
+                     class_names=None, max_frames: int = 1024, short_side: int | None = 256,
+                     parse_kwargs: Mapping | None = None) -> list[EvalItem]:
     """Items of an original annotation file (the formats `data_pipelines.annotations` parses); videos are
     decoded when needed, at most `max_frames` frames spread over the whole video (the rate is lowered for
     long videos, as the converter stores them), short side at most `short_side`."""
@@ -145,7 +146,7 @@ def annotation_items(path: str | os.PathLike, task: str, video_root: str | os.Pa
 
     parser = {"retrieval": retrieval, "grounding": grounding, "localization": localization}[task]
     try:
-        parsed = parser.parse(path, video_root, classes=class_names)
+        parsed = parser.parse(path, video_root, classes=class_names, **dict(parse_kwargs or {}))
     except ValueError as e:  # AnnotationError is a ValueError with "FILE:LINE: message"
         raise EvalDataError(str(e)) from None
     items = []
@@ -162,7 +163,8 @@ def annotation_items(path: str | os.PathLike, task: str, video_root: str | os.Pa
 
 
 def find_items(data: str | os.PathLike, task: str, *, video_root: str | None = None, fmt: str = "auto",
-               class_names=None, max_frames: int = 1024) -> tuple[list[EvalItem], dict]:
+               class_names=None, max_frames: int = 1024, parse_kwargs: Mapping | None = None
+               ) -> tuple[list[EvalItem], dict]:
     """Records (a task directory, or a root holding `<task>/`) or an annotation file (+ `video_root`).
 
     Returns (items, info) where info holds "kind" ("records" | "annotations") and, for records, the
@@ -192,8 +194,8 @@ def find_items(data: str | os.PathLike, task: str, *, video_root: str | None = N
         raise EvalDataError(f"{p}: not a record directory")
     if not video_root:
         raise EvalDataError(f"{p}: an annotation file needs --video-root (the directory holding its videos)")
-    return annotation_items(p, task, video_root, class_names=class_names, max_frames=max_frames), \
-        {"kind": "annotations", "path": str(p)}
+    return annotation_items(p, task, video_root, class_names=class_names, max_frames=max_frames,
+                            parse_kwargs=parse_kwargs), {"kind": "annotations", "path": str(p)}
 
 
 # -------------------------------------------------------------------------------------------- sampling
@@ -419,20 +421,39 @@ def compute_features(runner: FeatureRunner, task: str, items: Sequence[EvalItem]
             cache.save()
 
     try:
-        with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-            for it, clip, err in pool.map(load, mine):
-                if err is not None:
-                    cache.failed[it.index] = err
-                    bar.update(1)
-                    continue
-                pending.append((it, clip))
-                if len(pending) == batch:
-                    flush()
-            flush()
+        for it, clip, err in _bounded_map(load, mine, max(1, workers), ahead=2 * batch):
+            if err is not None:
+                cache.failed[it.index] = err
+                bar.update(1)
+                continue
+            pending.append((it, clip))
+            if len(pending) == batch:
+                flush()
+        flush()
+        if jax.process_count() > 1:  # every host runs the (global) program equally often: pad with blank batches
+            from jax.experimental import multihost_utils
+
+            most = int(np.max(multihost_utils.process_allgather(np.asarray([batches], np.int64))))
+            for _ in range(most - batches):
+                runner(np.zeros((batch, num_frames, size, size, 3), np.uint8))
     finally:
         bar.close()
         cache.save()
     return cache
+
+
+def _bounded_map(fn, items, workers: int, ahead: int):
+    """`map(fn, items)` in order on a thread pool, with at most `ahead` results loaded ahead (bounded memory)."""
+    import collections
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        queue: collections.deque = collections.deque()
+        for item in items:
+            queue.append(pool.submit(fn, item))
+            if len(queue) >= ahead:
+                yield queue.popleft().result()
+        while queue:
+            yield queue.popleft().result()
 
 
 def gather_features(cache: FeatureCache, num_items: int) -> tuple[dict, dict, dict, dict]:

@@ -140,6 +140,32 @@ def test_grounding_cli_on_original_annotation_csv(run, tmp_path):
     assert res["datasets"]["Charades"]["num_queries"] == 8 and "max_subarray" in res["datasets"]["Charades"]
 
 
+def test_localization_cli_on_activitynet_json(run, tmp_path):
+    """ActivityNet-style JSON (database / subset / segment + label) with a class table and a subset filter."""
+    from data_pipelines import schema
+    from data_pipelines.pipeline import builtin, sources
+    from eval import localization
+
+    workdir, records, _ = run
+    src = sources.open_source(records / "localization")
+    database = {}
+    for i in range(len(src)):
+        ex = schema.decode_record(src[i])
+        database[ex["video_id"]] = {"duration": ex["duration"], "subset": "validation" if i < 10 else "training",
+                                    "annotations": [{"segment": [float(s), float(e)], "label": builtin.CLASS_NAMES[c]}
+                                                    for (s, e), c in zip(ex["segments"], ex["segment_labels"])]}
+    ann = tmp_path / "anet.json"
+    ann.write_text(json.dumps({"database": database}))
+    (tmp_path / "classes.txt").write_text("\n".join(builtin.CLASS_NAMES) + "\n")
+    out = tmp_path / "loc.json"
+    assert localization.main(["--checkpoint", str(workdir / "export"), "--data", str(ann), "--video-root",
+                              str(records.parent / "videos"), "--class-names", str(tmp_path / "classes.txt"),
+                              "--subset", "validation", "--out", str(out), "--no-progress"]) == 0
+    res = json.loads(out.read_text())
+    ds = res["datasets"]["default"]
+    assert res["num_items"] == 10 and ds["num_videos"] == 10 and 0 <= ds["average_mAP"] <= 1
+
+
 def test_features_resume_after_interruption(run, tmp_path):
     from eval import zero_shot as Z
     from eval.pretrained import load_pretrained

@@ -26,13 +26,13 @@ SETUP = textwrap.dedent(
         pm = PretrainedModel(model=model, tokenizer=HashTokenizer(512, 16), label_sets={}, source="random")
         from PIL import Image
         items = []
-        for i in range(7):
+        for i in range(9):  # hosts get 5 and 4 items: 3 and 2 batches of 2, the second host pads one
             rng = np.random.default_rng(i)
             pixels = rng.integers(0, 256, (12, 40, 48, 3), dtype=np.uint8)
             frames = Z.Frames(np.arange(12) / 4.0, 4.0, 3.0, lambda idx, p=pixels: [Image.fromarray(p[j]) for j in idx])
             fields = {"captions": [f"clip {i} word{i % 3}", f"another {i}"],
                       "windows": np.array([[0.5, 1.5], [1.0, 2.5]], np.float32)}
-            items.append(Z.EvalItem(i, f"v{i}", "D" if i < 4 else "E", f"v{i}", fields, lambda f=frames: f))
+            items.append(Z.EvalItem(i, f"v{i}", "D" if i < 5 else "E", f"v{i}", fields, lambda f=frames: f))
         return pm, items
     """
 )

@@ -127,11 +127,10 @@ def test_resume_is_exact_and_head_learns(tmp_path):
     ann, feats = make_dataset(tmp_path)
     cfg = small_config()
     straight = T.train(cfg, feats, ann, tmp_path / "a", log=lambda s: None)
-    # the same run stopped after 5 steps (mid-epoch), then resumed twice
+    # the same run stopped after 5 steps (mid-epoch), then resumed
     assert T.train(small_config(), feats, ann, tmp_path / "b", stop_after_steps=5, log=lambda s: None)["step"] == 5
-    assert T.train(small_config(), feats, ann, tmp_path / "b", stop_after_steps=4, log=lambda s: None)["step"] == 9
     resumed = T.train(small_config(), feats, ann, tmp_path / "b", log=lambda s: None)
-    assert resumed["step"] == straight["step"] > 9
+    assert resumed["step"] == straight["step"] > 5
     assert resumed["mean_AP"] == straight["mean_AP"]
     assert resumed["per_class_AP"] == straight["per_class_AP"]
     # learning: separable features -> far above the chance level (random scores)
@@ -142,8 +141,8 @@ def test_resume_is_exact_and_head_learns(tmp_path):
 
 def test_calibrated_map_for_tvseries_style_data(tmp_path):
     ann, feats = make_dataset(tmp_path, ambiguous=False, seed=1)
-    res = T.train(small_config(epochs=1), feats, ann, tmp_path / "w", log=lambda s: None)
-    assert res["metric"] == "mcAP" and 0 <= res["mean_AP"] <= 1
+    res = T.train(small_config(epochs=1), feats, ann, tmp_path / "w", eval_only=True, log=lambda s: None)
+    assert res["metric"] == "mcAP" and 0 <= res["mean_AP"] <= 1 and res["step"] == 0
 
 
 def test_cli_end_to_end_and_errors(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Quality evidence (README "Pretraining quality evidence"): after tiny multitask pretraining on the built-in
 dataset, zero-shot retrieval, grounding and localization on held-out built-in clips, and the LSTR head on
 built-in streams, beat their chance / random baselines by the stated margins. Runs scripts/pretrain_quality.py
-as the README does (one CPU device). Slow: about 20 minutes on a quiet 2-core CPU."""
+as the README does (one CPU device). Slow (tens of minutes on a 2-core CPU)."""
 import json
 import subprocess
 import sys
@@ -19,8 +19,8 @@ def test_pretrained_tiny_model_beats_chance_on_held_out_data(tmp_path):
     s = json.loads((tmp_path / "summary.json").read_text())
     print(json.dumps(s))
     m = s["margins"]
-    assert s["steps"] == 300 and s["heldout"]["retrieval_videos"] == 8
-    assert m["retrieval_t2v_R@1"] >= 0.25  # chance 1/8
-    assert min(m[f"grounding_R@0.5_factor_{f}"] for f in (0.5, 0.6, 0.7)) >= 0.2  # random windows
-    assert m["localization_average_mAP"] >= 0.05  # random segments
-    assert m["oad_mAP"] >= 0.3  # random scores
+    assert s["steps"] == 300 and s["heldout"]["retrieval_videos"] == 8 and s["heldout"]["grounding_queries"] == 16
+    assert m["retrieval_only_t2v_R@1"] >= 0.25  # chance 1/8; measured 0.50
+    assert min(m[f"grounding_R@0.5_factor_{f}"] for f in (0.5, 0.6, 0.7)) >= 0.4  # random windows 0.185
+    assert m["localization_average_mAP"] >= 0.1  # random segments 0.024; measured 0.192
+    assert m["oad_mAP"] >= 0.5  # random scores 0.122; measured 0.857
