@@ -4,20 +4,21 @@
 
 Per video: T frames over the whole video, the localization head's per-frame class scores against the
 template-mean label embeddings, sigmoid, segments (runs above factor x the class maximum,
-`eval.metrics.localization_segments`), then ActivityNet's detection mAP at tIoU 0.5:0.05:0.95 and their average,
-per dataset. Annotations: the original CSV, or ActivityNet / HACS / FineAction JSON (`--subset validation`).
-Class names: `--class-names` (text file or label2id.json), else the records' metadata.json, else the label set
+`streamformer_jax.zero_shot.metrics.localization_segments`), then ActivityNet's detection mAP at tIoU
+0.5:0.05:0.95 and their average, per dataset. Annotations: the original CSV, or ActivityNet / HACS / FineAction
+JSON (`--subset validation`). Class names: `--class-names`, else the records' metadata.json, else the label set
 the checkpoint was trained with.
 """
 from __future__ import annotations
 
 import sys
 
-from eval import _cli
+from data_pipelines.annotations import load_class_names
+from eval import zero_shot
 
 
 def build_parser():
-    p = _cli.build_parser("localization", __doc__.split("\n\n")[0])
+    p = zero_shot.build_parser("localization", __doc__.split("\n\n")[0])
     p.add_argument("--class-names", default=None, help="class table: text file (line i = class i) or label2id.json "
                    "(flat or nested per dataset)")
     p.add_argument("--subset", default=None, help="ActivityNet-style JSON: evaluate this subset (e.g. validation)")
@@ -26,22 +27,17 @@ def build_parser():
     return p
 
 
-def _main(argv):
-    from data_pipelines.annotations.common import load_class_names
-
-    args = build_parser().parse_args(argv)
+def run(args) -> dict:
     table = load_class_names(args.class_names) if args.class_names else None
     names = list(table.names) if table is not None else None
     parse = {"subset": args.subset, "dataset": args.json_dataset} if str(args.data).endswith(".json") else {}
-    result = _cli.run("localization", args, {"class_names_source": args.class_names or "auto",
-                                             "subset": args.subset}, annotation_classes=table, class_names=names,
-                      parse_kwargs=parse)
-    _cli.print_summary("localization", result, args.out)
-    return 0
+    return zero_shot.evaluate_command("localization", args, {"class_names_source": args.class_names or "auto",
+                                                             "subset": args.subset},
+                                      annotation_classes=table, class_names=names, parse_options=parse)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return _cli.main_wrapper("localization", _main, argv)
+    return zero_shot.main("localization", build_parser(), argv, run)
 
 
 if __name__ == "__main__":

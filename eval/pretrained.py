@@ -1,7 +1,12 @@
 """A pretraining checkpoint as zero-shot evaluation needs it: backbone, task heads, text tower, tokenizer.
 
     from eval.pretrained import load_pretrained
-    pm = load_pretrained("WORKDIR/export")     # or the training WORKDIR itself, or our checkpoint + --text
+    from streamformer_jax.zero_shot.evaluate import evaluate
+    from streamformer_jax.zero_shot.items import find_items
+
+    zs = load_pretrained("WORKDIR/export")     # or the training WORKDIR itself, or our checkpoint + text=
+    items, _ = find_items("HELDOUT/records", "retrieval")
+    result = evaluate("retrieval", zs, items)
 
 Sources accepted by `load_pretrained(path)`:
 * the trainer's export (`WORKDIR/export`, written when a run finishes, or `python -m streamformer_jax.train.export
@@ -16,34 +21,21 @@ Sources accepted by `load_pretrained(path)`:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
-from streamformer_jax.train.multitask import MultiTaskModel
+from streamformer_jax.checkpoint import is_checkpoint
+from streamformer_jax.tasks.model import MultiTaskModel
+from streamformer_jax.text.tokenizer import load_tokenizer
+from streamformer_jax.train.export import export
+from streamformer_jax.train.multitask_kind import HashTokenizer
 from streamformer_jax.train.pretrain_export import TEXT_CONFIG_FILE
-
-ZERO_SHOT_TASKS = ("retrieval", "grounding", "localization")
+from streamformer_jax.zero_shot.evaluate import ZeroShotModel, tasks as zero_shot_tasks
 
 
 class PretrainedLoadError(ValueError):
     """The checkpoint cannot serve zero-shot evaluation (reported as one `error:` line)."""
-
-
-@dataclasses.dataclass
-class PretrainedModel:
-    model: MultiTaskModel  # backbone, heads (per-task logit scale/bias), frozen text tower
-    tokenizer: Callable  # texts -> int32 [N, L]
-    label_sets: dict[str, list[str]]  # {task: class names} the run trained with ({} when unknown)
-    source: str
-
-    def head_scalars(self, task: str) -> tuple[float, float]:
-        """(s, b) of a task head: logits = s * cos + b, with s = exp(logit_scale)."""
-        head = self.model.heads[task]
-        return float(np.exp(np.asarray(head.logit_scale[...]))), float(np.asarray(head.logit_bias[...]))
 
 
 def _latest_step(workdir: pathlib.Path) -> int | None:
@@ -53,8 +45,6 @@ def _latest_step(workdir: pathlib.Path) -> int | None:
 
 def resolve_checkpoint(path: str | pathlib.Path, log: Callable[[str], None] = print) -> pathlib.Path:
     """A training run directory -> an export of its newest checkpoint (made once); anything else as is."""
-    from streamformer_jax.checkpoint import is_checkpoint
-
     p = pathlib.Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such checkpoint")
@@ -68,33 +58,25 @@ def resolve_checkpoint(path: str | pathlib.Path, log: Callable[[str], None] = pr
         if meta.is_file() and json.loads(meta.read_text()).get("step") == step and \
                 (candidate / TEXT_CONFIG_FILE).is_file():
             return candidate
-    from streamformer_jax.train.export import export
-
     out = p / f"export_step{step}"
     log(f"exporting step {step} of {p} to {out}")
     return export(p, out)
 
 
-def _hash_tokenizer(spec: dict):
-    from streamformer_jax.train.multitask_adapter import HashTokenizer
-
-    return HashTokenizer(spec["vocab_size"], spec["max_length"])
-
-
-def load_pretrained(path, *, tasks: Sequence[str] = ZERO_SHOT_TASKS, text: str | None = None,
+def load_pretrained(path, *, tasks: Sequence[str] | None = None, text: str | None = None,
                     tokenizer: str | None = None, text_num_heads: int | None = None,
-                    log: Callable[[str], None] = print) -> PretrainedModel:
+                    log: Callable[[str], None] = print) -> ZeroShotModel:
     """See the module docstring. `text`: a SigLIP directory (text tower + tokenizer) overriding the checkpoint's;
-    `tokenizer`: a `spiece.model` (or the directory holding it) overriding the recorded tokenizer."""
-    from streamformer_jax.text.tokenizer import load_tokenizer
-
+    `tokenizer`: a `spiece.model` (or the directory holding it) overriding the recorded tokenizer; `tasks`: the
+    heads to load (default: every zero-shot task)."""
     p = resolve_checkpoint(path, log)
     meta_path = p / TEXT_CONFIG_FILE
     meta: dict[str, Any] = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if text_num_heads is None and meta.get("text_config"):
         text_num_heads = int(meta["text_config"]["num_attention_heads"])
     try:
-        model = MultiTaskModel.from_pretrained(p, list(tasks), text=text, text_num_heads=text_num_heads)
+        model = MultiTaskModel.from_pretrained(p, list(tasks or zero_shot_tasks()), text=text,
+                                               text_num_heads=text_num_heads)
     except (KeyError, ValueError) as e:
         raise PretrainedLoadError(f"{p}: {e}") from None
     if model.text_encoder is None:
@@ -106,7 +88,7 @@ def load_pretrained(path, *, tasks: Sequence[str] = ZERO_SHOT_TASKS, text: str |
     elif text is not None:
         tok = load_tokenizer(text, max_length=int(spec.get("max_length", 64)))
     elif spec.get("kind") == "hash":
-        tok = _hash_tokenizer(spec)
+        tok = HashTokenizer(spec["vocab_size"], spec["max_length"])
     elif spec.get("kind") == "sentencepiece":
         tok = load_tokenizer(p / spec["file"], max_length=int(spec.get("max_length", 64)))
     elif (p / "spiece.model").is_file():
@@ -114,5 +96,5 @@ def load_pretrained(path, *, tasks: Sequence[str] = ZERO_SHOT_TASKS, text: str |
     else:
         raise PretrainedLoadError(f"{p}: no tokenizer recorded with the text tower (pass --tokenizer "
                                   "spiece.model, e.g. from google/siglip-base-patch16-224)")
-    return PretrainedModel(model=model, tokenizer=tok, label_sets=dict(meta.get("label_sets") or {}),
+    return ZeroShotModel(model=model, tokenizer=tok, label_sets=dict(meta.get("label_sets") or {}),
                            source=str(p))

@@ -58,12 +58,14 @@ def load_config(steps: int, num_frames: int, text_init_scale: float, text_layers
 def export_initial(config, workdir: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     """The model as the run starts (same build, same seed), exported as the trainer exports at the end."""
     from streamformer_jax.checkpoint import save_checkpoint
+    from streamformer_jax.param_tree import flat_params
     from streamformer_jax.train import loop
-    from streamformer_jax.train.model import build_task_model, flat_values
+    from streamformer_jax.train.model_kinds import build_task_model
+    from streamformer_jax.train.task_model import ModelSettings
 
     meta = loop.read_metadata(loop.task_directories(loop.data_config(config, workdir)))
-    tm = build_task_model(config, {t: list(m.get("class_names", [])) for t, m in meta.items()})
-    flat = {k: np.asarray(v) for k, v in flat_values(tm.model).items()}
+    tm = build_task_model(ModelSettings.from_config(config), {t: list(m.get("class_names", [])) for t, m in meta.items()})
+    flat = {k: np.asarray(v) for k, v in flat_params(tm.model, None).items()}
     backbone = {k[len("backbone."):]: v for k, v in flat.items() if k.startswith("backbone.")}
     path = save_checkpoint(out, tm.backbone.replace(dtype="float32"), backbone, extra={"source": "untrained"})
     tm.export(flat, path)
@@ -78,8 +80,8 @@ def zero_shot(task: str, checkpoint: pathlib.Path, data: pathlib.Path, out: path
 
 
 def grounding_random_baseline(data: pathlib.Path, draws: int = 1000, seed: int = 0) -> dict:
-    from eval import metrics as M
-    from eval.zero_shot import find_items
+    from streamformer_jax.zero_shot import metrics as M
+    from streamformer_jax.zero_shot.items import find_items
 
     rng = np.random.default_rng(seed)
     items, _ = find_items(data, "grounding")
@@ -96,8 +98,8 @@ def grounding_random_baseline(data: pathlib.Path, draws: int = 1000, seed: int =
 
 def localization_random_baseline(data: pathlib.Path, num_classes: int, draws: int = 50, per_class: int = 3,
                                  seed: int = 0) -> dict:
-    from eval import metrics as M
-    from eval.zero_shot import find_items
+    from streamformer_jax.zero_shot import metrics as M
+    from streamformer_jax.zero_shot.items import find_items
 
     rng = np.random.default_rng(seed)
     items, _ = find_items(data, "localization")
@@ -137,7 +139,7 @@ def oad(export: pathlib.Path, workdir: pathlib.Path) -> dict:
 
 def run(workdir, *, steps: int = 300, num_frames: int = 8, text_init_scale: float = 25.0, text_layers: int = 2,
         seed: int | None = None, tasks: str = "retrieval,grounding,localization", retrieval_run: bool = True) -> dict:
-    from eval.builtin_heldout import write_heldout_records
+    from data_pipelines.pipeline.builtin import build_heldout_records
     from streamformer_jax.train import loop
 
     workdir = pathlib.Path(workdir).absolute()
@@ -146,7 +148,7 @@ def run(workdir, *, steps: int = 300, num_frames: int = 8, text_init_scale: floa
     untrained = export_initial(config, workdir / "run", workdir / "untrained")
     summary = loop.train(config, workdir / "run", log=lambda s: None)
     trained = workdir / "run" / "export"
-    heldout = write_heldout_records(workdir / "heldout")
+    heldout = build_heldout_records(workdir / "heldout", ["retrieval", "grounding", "localization"])
     data = heldout["retrieval"].parent
     out: dict = {"config": "configs/pretrain_multitask.py:tiny", "seed": int(config.seed),
                  "steps": int(summary["step"]), "num_frames": num_frames, "text_init_scale": text_init_scale,

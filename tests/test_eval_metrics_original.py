@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from eval import metrics as M
+from streamformer_jax.zero_shot import metrics as ZM
 
 
 # --------------------------------------------------------------------------------------------- grounding
@@ -25,13 +26,13 @@ def test_threshold_window_hand_computed():
     ts = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
     prob = np.array([0.1, 0.5, 0.9, 0.8, 0.2, 0.7], np.float32)
     # max 0.9 at 2; thr 0.45 (factor .5): left walk stops at 0 (0.1 <= .45), right walk at 4 (0.2 <= .45)
-    assert M.threshold_window(prob, ts, 0.5) == (0.0, 2.0)
+    assert ZM.threshold_window(prob, ts, 0.5) == (0.0, 2.0)
     # factor .6 -> thr .54: left stops at 1 (0.5 <= .54); right stops at 4; window ends at frame 4's time
-    assert M.threshold_window(prob, ts, 0.6) == (0.5, 2.0)
+    assert ZM.threshold_window(prob, ts, 0.6) == (0.5, 2.0)
     # the maximum on the first frame: start stays 0 whatever its value; all above thr -> end = last frame
-    assert M.threshold_window(np.array([0.9, 0.8, 0.85], np.float32), [0, 1, 2], 0.5) == (0.0, 2.0)
+    assert ZM.threshold_window(np.array([0.9, 0.8, 0.85], np.float32), [0, 1, 2], 0.5) == (0.0, 2.0)
     # ties for the maximum: the first one is the centre
-    assert M.threshold_window(np.array([0.1, 0.9, 0.1, 0.9, 0.1], np.float32), [0, 1, 2, 3, 4], 0.5) == (0.0, 2.0)
+    assert ZM.threshold_window(np.array([0.1, 0.9, 0.1, 0.9, 0.1], np.float32), [0, 1, 2, 3, 4], 0.5) == (0.0, 2.0)
 
 
 def test_threshold_window_matches_reference_on_random_cases():
@@ -42,8 +43,8 @@ def test_threshold_window_matches_reference_on_random_cases():
         if rng.random() < 0.3:  # plateaus and ties
             prob = np.round(prob * 4) / 4
         ts = np.round(np.sort(rng.random(t)) * 30, 2)
-        for f in M.GROUNDING_FACTORS:
-            assert M.threshold_window(prob, ts, f) == _reference_window(prob, ts, f)
+        for f in ZM.GROUNDING_FACTORS:
+            assert ZM.threshold_window(prob, ts, f) == _reference_window(prob, ts, f)
 
 
 def test_threshold_comparison_is_in_float32():
@@ -54,14 +55,14 @@ def test_threshold_comparison_is_in_float32():
     q = np.float32(0.38093602657318115)
     assert float(q) > 0.6 * float(m) and not q > np.float32(0.6 * float(m))
     p = np.array([0.1, q, m, q, 0.1], np.float32)
-    assert M.threshold_window(p, [0, 1, 2, 3, 4], 0.6) == (1.0, 3.0)
+    assert ZM.threshold_window(p, [0, 1, 2, 3, 4], 0.6) == (1.0, 3.0)
 
 
 def test_original_iou_hand_computed():
-    assert M.original_iou([2, 4], [3, 6]) == pytest.approx(1 / 4)  # inter 1, span 4
-    assert M.original_iou([0, 1], [2, 3]) == 0.0                   # disjoint: max(inter, 0) = 0
-    assert M.original_iou([1, 1], [1, 1]) == 0.0                   # 0/0 in the original
-    assert M.original_iou([0, 10], [0, 10]) == 1.0
+    assert ZM.original_iou([2, 4], [3, 6]) == pytest.approx(1 / 4)  # inter 1, span 4
+    assert ZM.original_iou([0, 1], [2, 3]) == 0.0                   # disjoint: max(inter, 0) = 0
+    assert ZM.original_iou([1, 1], [1, 1]) == 0.0                   # 0/0 in the original
+    assert ZM.original_iou([0, 10], [0, 10]) == 1.0
 
 
 def test_grounding_results_per_factor():
@@ -69,7 +70,7 @@ def test_grounding_results_per_factor():
     # logits whose sigmoids are ~[0.02, 0.5, 0.98, 0.5, 0.02] and a flat-ish second query
     z = [np.array([-4.0, 0.0, 4.0, 0.0, -4.0], np.float32), np.array([0.0, 0.1, 0.2, 0.3, 0.4], np.float32)]
     gts = [(1.0, 3.0), (2.0, 4.0)]
-    out = M.grounding_results(z, ts, gts)
+    out = ZM.grounding_results(z, ts, gts)
     # query 0: max .982 at 2; factor .5 thr .491 -> walks stop where p <= thr: left 1 (0.5 > .491 so continue
     # to 0: 0.018) -> start 0; right: 3 (0.5 > .491) -> 4. Window [0, 4]: IoU with [1, 3] = 2/4.
     # factor .6/.7 (thr .589/.687): stop at 1 and 3 -> [1, 3]: IoU 1.
@@ -79,7 +80,7 @@ def test_grounding_results_per_factor():
     assert out["factor_0.6"]["mIoU"] == pytest.approx(0.75)
     assert out["factor_0.6"]["R@1,IoU=0.7"] == 0.5 and out["factor_0.6"]["R@1,IoU=0.5"] == 1.0
     assert out["num_queries"] == 2
-    legacy = M.grounding_results(z, ts, gts, method="max_subarray")["max_subarray"]
+    legacy = ZM.grounding_results(z, ts, gts, method="max_subarray")["max_subarray"]
     assert set(legacy) == {"R@1,IoU=0.3", "R@1,IoU=0.5", "R@1,IoU=0.7", "mIoU"}
 
 
@@ -87,7 +88,7 @@ def test_grounding_results_per_factor():
 def test_recall_matches_rank_reference_and_topk_r1():
     rng = np.random.default_rng(1)
     t, v = rng.standard_normal((50, 8)), rng.standard_normal((50, 8))
-    out = M.retrieval_recall(t, v)
+    out = ZM.retrieval_recall(t, v)
     tn = t / np.linalg.norm(t, axis=1, keepdims=True)
     vn = v / np.linalg.norm(v, axis=1, keepdims=True)
     sim = tn @ vn.T
@@ -183,8 +184,8 @@ def test_detection_ap_ties_follow_reversed_default_sort():
     # two equal scores: argsort()[::-1] takes the *later* one first. Later = a miss, earlier = a hit:
     # order FP, TP -> precision at the hit 1/2 -> AP 0.5 (a stable descending sort would give 1.0)
     preds = [("v", 0.0, 10.0, 0.5), ("v", 20.0, 30.0, 0.5)]
-    assert M.detection_ap(preds, gts, 0.5) == pytest.approx(0.5)
-    assert M.detection_ap(preds[::-1], gts, 0.5) == pytest.approx(1.0)
+    assert ZM.detection_ap(preds, gts, 0.5) == pytest.approx(0.5)
+    assert ZM.detection_ap(preds[::-1], gts, 0.5) == pytest.approx(1.0)
 
 
 def test_detection_ap_matches_reference_on_random_cases():
@@ -203,15 +204,15 @@ def test_detection_ap_matches_reference_on_random_cases():
             preds.append((f"v{int(rng.integers(0, 4))}", s, s + float(rng.integers(1, 20)),
                           float(rng.integers(0, 4)) / 4))  # ties
         for thr in (0.3, 0.5, 0.7):
-            assert M.detection_ap(preds, gts, thr) == pytest.approx(_reference_detection_ap(preds, gts, thr))
+            assert ZM.detection_ap(preds, gts, thr) == pytest.approx(_reference_detection_ap(preds, gts, thr))
 
 
 def test_localization_map_activitynet_thresholds_and_segments():
-    assert M.ACTIVITYNET_TIOUS == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
-    out = M.localization_map([("v", 0, 0.0, 10.0, 1.0)], [("v", 0, 0.0, 10.0), ("v", 1, 5.0, 6.0)])
-    assert set(k for k in out if k.startswith("mAP@")) == {f"mAP@{M.tiou_key(t)}" for t in M.ACTIVITYNET_TIOUS}
+    assert ZM.ACTIVITYNET_TIOUS == (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
+    out = ZM.localization_map([("v", 0, 0.0, 10.0, 1.0)], [("v", 0, 0.0, 10.0), ("v", 1, 5.0, 6.0)])
+    assert set(k for k in out if k.startswith("mAP@")) == {f"mAP@{ZM.tiou_key(t)}" for t in ZM.ACTIVITYNET_TIOUS}
     assert out["average_mAP"] == pytest.approx(0.5)  # class 0 perfect, class 1 has no prediction -> 0
     # segments: frames at 0.5, 1.5, ..., 4.5 s (cells of 1 s), class 0 high on frames 1-2
     probs = np.array([[0.1], [0.9], [0.8], [0.2], [0.1]])
-    segs = M.localization_segments(probs, np.arange(5) + 0.5, duration=5.0, factors=(0.5,))
+    segs = ZM.localization_segments(probs, np.arange(5) + 0.5, duration=5.0, factors=(0.5,))
     assert segs == [(0, 1.0, 3.0, pytest.approx(0.85))]

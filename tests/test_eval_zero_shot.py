@@ -51,8 +51,8 @@ def _reference_retrieval(export, records):
     FeatureExtractor forward, last frame's pooled vector; captions through the text tower; ranks by sorting."""
     from PIL import Image
 
-    from data_pipelines import schema
-    from data_pipelines.pipeline import sources
+    from data_pipelines.records import schema
+    from data_pipelines.records import sources
     from eval.pretrained import load_pretrained
     from streamformer_jax.api import FeatureExtractor
     from streamformer_jax.text.embeddings import encode_texts
@@ -115,8 +115,8 @@ def test_grounding_and_localization_clis(run, tmp_path):
 
 def test_grounding_cli_on_original_annotation_csv(run, tmp_path):
     """The original TaskGrounding CSV (header, Python-literal windows, dataset column) + a video folder."""
-    from data_pipelines import schema
-    from data_pipelines.pipeline import sources
+    from data_pipelines.records import schema
+    from data_pipelines.records import sources
     from eval import grounding
 
     workdir, records, _ = run
@@ -142,8 +142,9 @@ def test_grounding_cli_on_original_annotation_csv(run, tmp_path):
 
 def test_localization_cli_on_activitynet_json(run, tmp_path):
     """ActivityNet-style JSON (database / subset / segment + label) with a class table and a subset filter."""
-    from data_pipelines import schema
-    from data_pipelines.pipeline import builtin, sources
+    from data_pipelines.records import schema
+    from data_pipelines.pipeline import builtin
+    from data_pipelines.records import sources
     from eval import localization
 
     workdir, records, _ = run
@@ -167,16 +168,18 @@ def test_localization_cli_on_activitynet_json(run, tmp_path):
 
 
 def test_features_resume_after_interruption(run, tmp_path):
-    from eval import zero_shot as Z
     from eval.pretrained import load_pretrained
+    from streamformer_jax.zero_shot.evaluate import evaluate, fingerprint
+    from streamformer_jax.zero_shot.features import FeatureCache, FeatureRunner
+    from streamformer_jax.zero_shot.items import find_items
 
     workdir, records, _ = run
     pm = load_pretrained(workdir / "export")
-    items, _ = Z.find_items(records, "grounding")
-    full = Z.evaluate("grounding", pm, items, progress=False)
-    runner = Z.FeatureRunner(pm)
+    items, _ = find_items(records, "grounding")
+    full = evaluate("grounding", pm, items, progress=False)
+    runner = FeatureRunner(pm.model.backbone)
     calls = []
-    real_call = Z.FeatureRunner.__call__
+    real_call = FeatureRunner.__call__
 
     def failing(self, frames):
         if len(calls) == 1:
@@ -185,21 +188,21 @@ def test_features_resume_after_interruption(run, tmp_path):
         return real_call(self, frames)
 
     cache = tmp_path / "cache.npz"
-    Z.FeatureRunner.__call__ = failing
+    FeatureRunner.__call__ = failing
     try:
         with pytest.raises(KeyboardInterrupt):
-            Z.evaluate("grounding", pm, items, progress=False, cache_path=cache, batch_size=8, runner=runner)
+            evaluate("grounding", pm, items, progress=False, cache_path=cache, batch_size=8, runner=runner)
     finally:
-        Z.FeatureRunner.__call__ = real_call
-    saved = Z.FeatureCache(cache, Z.fingerprint("grounding", "", 4, len(items), ["DiDeMo"]))
+        FeatureRunner.__call__ = real_call
+    saved = FeatureCache(cache, fingerprint("grounding", "", 4, len(items), ["DiDeMo"]))
     assert len(saved.feats) == 8  # the first batch was kept
     batches = []
     counting = lambda self, frames: batches.append(1) or real_call(self, frames)  # noqa: E731
-    Z.FeatureRunner.__call__ = counting
+    FeatureRunner.__call__ = counting
     try:
-        resumed = Z.evaluate("grounding", pm, items, progress=False, cache_path=cache, batch_size=8, runner=runner)
+        resumed = evaluate("grounding", pm, items, progress=False, cache_path=cache, batch_size=8, runner=runner)
     finally:
-        Z.FeatureRunner.__call__ = real_call
+        FeatureRunner.__call__ = real_call
     assert len(batches) == 1  # only the 8 remaining clips
     assert resumed["datasets"] == full["datasets"]
 
@@ -247,12 +250,13 @@ def test_pth_export_of_a_trained_checkpoint_round_trips(run, tmp_path):
     from streamformer_jax.checkpoint import load_checkpoint
     from streamformer_jax.convert.__main__ import main as convert
     from streamformer_jax.convert.pretrain import read_extras
-    from streamformer_jax.train.multitask import MultiTaskModel, multitask_flat_params
+    from streamformer_jax.param_tree import flat_params
+    from streamformer_jax.tasks.model import MultiTaskModel
 
     workdir, _, _ = run
     export = workdir / "export"
     pth = tmp_path / "checkpoint-epoch.pth"
-    assert convert(["export-pytorch", "--src", str(export), "--dst", str(pth)]) == 0
+    assert convert(["export-pytorch", "--checkpoint", str(export), "--out", str(pth)]) == 0
     state = torch.load(pth, map_location="cpu", weights_only=True)["model"]
     config, params = load_checkpoint(export)
     meta = json.loads((export / "text_config.json").read_text())
@@ -269,13 +273,14 @@ def test_pth_export_of_a_trained_checkpoint_round_trips(run, tmp_path):
                         strict=True)
     # back: import-pytorch, then the heads and text tower equal the trained ones bit for bit
     back = tmp_path / "back"
-    assert convert(["import-pytorch", "--src", str(pth), "--dst", str(back), "--num-heads", str(config.num_heads)]) == 0
+    assert convert(["import-pytorch", "--src", str(pth), "--out", str(back), "--num-heads",
+                    str(config.num_heads)]) == 0
     config2, params2 = load_checkpoint(back)
     assert config2 == config and all(np.array_equal(params[k], params2[k]) for k in params)
     tasks = meta["tasks"]
     heads = meta["text_config"]["num_attention_heads"]
-    a = multitask_flat_params(MultiTaskModel.from_pretrained(export, tasks, text_num_heads=heads))
-    b = multitask_flat_params(MultiTaskModel.from_pretrained(back, tasks, text_num_heads=heads))
+    a = flat_params(MultiTaskModel.from_pretrained(export, tasks, text_num_heads=heads))
+    b = flat_params(MultiTaskModel.from_pretrained(back, tasks, text_num_heads=heads))
     assert sorted(a) == sorted(b)
     assert all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
     trained = read_extras(export)[0]
@@ -290,7 +295,7 @@ def _final_flat(workdir):
     from streamformer_jax.train import export as export_lib  # noqa: F401
     import ml_collections
 
-    from streamformer_jax.checkpoint import flatten
+    from streamformer_jax.param_tree import flatten
     from streamformer_jax.train import loop
 
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
@@ -313,7 +318,8 @@ def test_export_with_sentencepiece_tokenizer_loads_back(tmp_path):
     from streamformer_jax.models.config import get_preset
     from streamformer_jax.text import SiglipTokenizer
     from streamformer_jax.text.model import SiglipTextConfig, init_text_model
-    from streamformer_jax.train.multitask import MultiTaskModel, multitask_flat_params
+    from streamformer_jax.param_tree import flat_params
+    from streamformer_jax.tasks.model import MultiTaskModel
     from streamformer_jax.train.pretrain_export import write_pretrain_export
 
     model_file = io.BytesIO()
@@ -329,7 +335,7 @@ def test_export_with_sentencepiece_tokenizer_loads_back(tmp_path):
                                 num_attention_heads=4, max_position_embeddings=16, projection_size=64)
     model = MultiTaskModel(cfg, ["retrieval", "localization"], rngs=1, text_encoder=init_text_model(text_cfg, 2))
     model.set_params({"heads.retrieval.logit_scale": np.float32(3.5), "heads.localization.logit_bias": np.float32(-4)})
-    flat = {k: np.asarray(v) for k, v in multitask_flat_params(model).items()}
+    flat = {k: np.asarray(v) for k, v in flat_params(model).items()}
     out = save_checkpoint(tmp_path / "export", cfg, {k[9:]: v for k, v in flat.items() if k.startswith("backbone.")})
     write_pretrain_export(out, flat, tasks=["retrieval", "localization"], backbone_config=cfg, text_config=text_cfg,
                           tokenizer=tok, label_sets={"localization": ["red", "blue"], "retrieval": []},
@@ -340,5 +346,5 @@ def test_export_with_sentencepiece_tokenizer_loads_back(tmp_path):
     assert np.array_equal(pm.tokenizer(["a red block"]), tok(["a red block"]))
     assert pm.label_sets["localization"] == ["red", "blue"]
     assert pm.head_scalars("retrieval")[0] == pytest.approx(np.exp(3.5))
-    back = multitask_flat_params(pm.model)
+    back = flat_params(pm.model)
     assert all(np.array_equal(np.asarray(back[k]), flat[k]) for k in flat)

@@ -10,12 +10,11 @@ from multihost import run_two_hosts
 SETUP = textwrap.dedent(
     """
     import numpy as np
-    from eval import zero_shot as Z
-    from eval.pretrained import PretrainedModel
     from streamformer_jax.models.config import get_preset
+    from streamformer_jax.tasks.model import MultiTaskModel
     from streamformer_jax.text.model import SiglipTextConfig, init_text_model
-    from streamformer_jax.train.multitask import MultiTaskModel
-    from streamformer_jax.train.multitask_adapter import HashTokenizer
+    from streamformer_jax.train.multitask_kind import HashTokenizer
+    from streamformer_jax.zero_shot import evaluate as E, items as I
 
     def build():
         cfg = get_preset("tiny", num_frames=4, image_size=32, patch_size=16, lora_rank=4, dtype="float32")
@@ -23,16 +22,16 @@ SETUP = textwrap.dedent(
                                                 num_hidden_layers=1, num_attention_heads=4,
                                                 max_position_embeddings=16, projection_size=64), seed=1)
         model = MultiTaskModel(cfg, ["retrieval", "grounding"], rngs=3, text_encoder=text)
-        pm = PretrainedModel(model=model, tokenizer=HashTokenizer(512, 16), label_sets={}, source="random")
+        pm = E.ZeroShotModel(model=model, tokenizer=HashTokenizer(512, 16), label_sets={}, source="random")
         from PIL import Image
         items = []
         for i in range(9):  # hosts get 5 and 4 items: 3 and 2 batches of 2, the second host pads one
             rng = np.random.default_rng(i)
             pixels = rng.integers(0, 256, (12, 40, 48, 3), dtype=np.uint8)
-            frames = Z.Frames(np.arange(12) / 4.0, 4.0, 3.0, lambda idx, p=pixels: [Image.fromarray(p[j]) for j in idx])
+            frames = I.Frames(np.arange(12) / 4.0, 4.0, 3.0, lambda idx, p=pixels: [Image.fromarray(p[j]) for j in idx])
             fields = {"captions": [f"clip {i} word{i % 3}", f"another {i}"],
                       "windows": np.array([[0.5, 1.5], [1.0, 2.5]], np.float32)}
-            items.append(Z.EvalItem(i, f"v{i}", "D" if i < 5 else "E", f"v{i}", fields, lambda f=frames: f))
+            items.append(I.EvalItem(i, f"v{i}", "D" if i < 5 else "E", f"v{i}", fields, lambda f=frames: f))
         return pm, items
     """
 )
@@ -47,7 +46,7 @@ HOST_SCRIPT = textwrap.dedent(
 ) + SETUP + textwrap.dedent(
     """
     pm, items = build()
-    out = {t: Z.evaluate(t, pm, items, progress=False, batch_size=2)["datasets"] for t in ("retrieval", "grounding")}
+    out = {t: E.evaluate(t, pm, items, progress=False, batch_size=2)["datasets"] for t in ("retrieval", "grounding")}
     print("RESULT", json.dumps(out))
     print("HOST_OK", pid)
     """
@@ -64,9 +63,9 @@ def test_two_hosts_give_the_single_host_results(tmp_path):
     namespace: dict = {}
     exec(SETUP, namespace)  # the same model and items in this (single) process
     pm, items = namespace["build"]()
-    from eval import zero_shot as Z
+    from streamformer_jax.zero_shot.evaluate import evaluate
 
-    single = {t: Z.evaluate(t, pm, items, progress=False) for t in ("retrieval", "grounding")}
+    single = {t: evaluate(t, pm, items, progress=False) for t in ("retrieval", "grounding")}
     single = json.loads(json.dumps({t: r["datasets"] for t, r in single.items()}))
     assert set(single["retrieval"]) == {"D", "E"}
     for task in single:

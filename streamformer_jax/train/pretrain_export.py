@@ -9,7 +9,7 @@
   (`task_heads.TaskVIS.{w_v, v_proj, head_layernorm, head_mlp}.*`) and the text tower
   (`text_encoder.text_model.*`), plus the aliases the original stores once (every head's
   `text_encoder.text_model.*` and `task_heads.TaskVIS.head.*` = the backbone's MAP head) and the key order.
-  `python -m streamformer_jax.convert export-pytorch --src OUT --dst checkpoint-epoch.pth` therefore writes the
+  `python -m streamformer_jax.convert export-pytorch --checkpoint OUT --out checkpoint-epoch.pth` therefore writes the
   full wrapper state dict, and `MultiTaskModel.from_pretrained(OUT, tasks)` reads the heads back.
 * `text_config.json`: the text tower's architecture, its tokenizer (`{"kind": "sentencepiece", "file":
   "spiece.model"}` with the file copied here, or the hashing stand-in of the tiny recipe) and the label sets
@@ -30,26 +30,17 @@ import numpy as np
 
 from streamformer_jax.convert.keymap import OFFICIAL_PREFIX, ours_to_official
 from streamformer_jax.convert.pretrain import write_extras
+from streamformer_jax.key_rules import to_theirs
 from streamformer_jax.models.config import StreamFormerConfig
+from streamformer_jax.tasks import registry
 from streamformer_jax.text.model import EXTRAS_PREFIX, SiglipTextConfig, ours_to_hf
-from streamformer_jax.train.multitask import OFFICIAL_TASK_NAMES
+from streamformer_jax.text.tokenizer import SiglipTokenizer
 
 TEXT_CONFIG_FILE = "text_config.json"
-# Our VIS parameter -> (original name, number of leading input axes of our kernel; None = not a kernel); the
-# inverse of the import rules in `multitask.official_head_params`.
-_VIS_PARAMS = (("w_v.kernel", "w_v.weight", 1), ("w_v.bias", "w_v.bias", None),
-               ("v_proj.kernel", "v_proj.weight", 2), ("v_proj.bias", "v_proj.bias", None),
-               ("head_layernorm.scale", "head_layernorm.weight", None),
-               ("head_layernorm.bias", "head_layernorm.bias", None),
-               ("head_mlp.fc1.kernel", "head_mlp.fc1.weight", 1), ("head_mlp.fc1.bias", "head_mlp.fc1.bias", None),
-               ("head_mlp.fc2.kernel", "head_mlp.fc2.weight", 1), ("head_mlp.fc2.bias", "head_mlp.fc2.bias", None))
 
 
-def _torch_layout(a: np.ndarray, n_in: int | None) -> np.ndarray:
-    a = np.asarray(a, np.float32)
-    if n_in is None:
-        return np.ascontiguousarray(a.reshape(-1) if a.ndim else a)
-    return np.ascontiguousarray(a.reshape(int(np.prod(a.shape[:n_in])), -1).T)  # kernel [*in, *out] -> [out, in]
+def _under(flat: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix):]: np.asarray(v) for k, v in flat.items() if k.startswith(prefix)}
 
 
 def official_extras(flat: Mapping[str, Any], tasks: Sequence[str], backbone_config: StreamFormerConfig,
@@ -59,37 +50,38 @@ def official_extras(flat: Mapping[str, Any], tasks: Sequence[str], backbone_conf
     tensors: dict[str, np.ndarray] = {"logit_scale": np.asarray(wrapper_logit_scale, np.float32),
                                       "logit_bias": np.asarray(wrapper_logit_bias, np.float32)}
     aliases: dict[str, str] = {}
-    backbone = {k[len("backbone."):]: np.asarray(v) for k, v in flat.items() if k.startswith("backbone.")}
-    backbone_keys = [OFFICIAL_PREFIX + k for k in ours_to_official(backbone, backbone_config)]
+    backbone_keys = [OFFICIAL_PREFIX + k for k in ours_to_official(_under(flat, "backbone."), backbone_config)]
     text_keys: list[str] = []
     if text_config is not None:
-        text = {k[len("text_encoder."):]: np.asarray(v) for k, v in flat.items() if k.startswith("text_encoder.")}
-        for k, v in ours_to_hf(text, text_config).items():
+        for k, v in ours_to_hf(_under(flat, "text_encoder."), text_config).items():
             tensors[EXTRAS_PREFIX + k] = v
             text_keys.append(EXTRAS_PREFIX + k)
     order = ["logit_scale", "logit_bias", *backbone_keys, *text_keys]
     for task in tasks:
-        theirs = f"task_heads.{OFFICIAL_TASK_NAMES[task]}."
+        spec = registry.get(task)
+        theirs = f"task_heads.{spec.official_name}."
+        head = _under(flat, f"heads.{task}.")
         for name in ("logit_scale", "logit_bias"):
-            tensors[theirs + name] = np.asarray(flat[f"heads.{task}.{name}"], np.float32).reshape(())
+            tensors[theirs + name] = np.asarray(head[name], np.float32).reshape(())
             order.append(theirs + name)
         for k in text_keys:  # every head registers the shared text encoder: aliases of one tensor
             aliases[theirs + "text_encoder." + k[len("text_encoder."):]] = k
             order.append(theirs + "text_encoder." + k[len("text_encoder."):])
-        if task == "vis":
-            for k in backbone_keys:  # the VIS head also registers the backbone's MAP head (unused)
+        if spec.official_head_rules:  # a head with its own tensors (VIS) also registers the backbone's MAP head
+            for k in backbone_keys:
                 if k.startswith(OFFICIAL_PREFIX + "head."):
                     aliases[theirs + k[len(OFFICIAL_PREFIX):]] = k
                     order.append(theirs + k[len(OFFICIAL_PREFIX):])
-            for ours, name, n_in in _VIS_PARAMS:
-                tensors[theirs + name] = _torch_layout(flat[f"heads.vis.{ours}"], n_in)
-                order.append(theirs + name)
+            # the inverse of the import rules (`tasks.model.official_head_params`)
+            for k, v in to_theirs(head, spec.official_head_rules).items():
+                tensors[theirs + k] = v
+                order.append(theirs + k)
     return tensors, aliases, order
 
 
 def tokenizer_spec(tokenizer) -> dict:
     """How to rebuild the run's tokenizer: the SentencePiece file, or the hashing stand-in's settings."""
-    if hasattr(tokenizer, "sp") and getattr(tokenizer, "path", None):  # streamformer_jax.text.SiglipTokenizer
+    if isinstance(tokenizer, SiglipTokenizer):
         return {"kind": "sentencepiece", "file": "spiece.model", "max_length": int(tokenizer.max_length),
                 "source": str(tokenizer.path)}
     return {"kind": "hash", "vocab_size": int(tokenizer.vocab_size), "max_length": int(tokenizer.max_length)}
