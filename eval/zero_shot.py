@@ -18,6 +18,7 @@ from typing import Callable
 import jax
 
 from data_pipelines.annotations import class_names_for
+from data_pipelines.pipeline.label_tables import label_sets
 from eval.pretrained import load_pretrained
 from streamformer_jax import cli
 from streamformer_jax.zero_shot.evaluate import ZeroShotModel, evaluate, fingerprint, flat_summary, write_json
@@ -65,13 +66,12 @@ def build_parser(task: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
-def _default_classes(args, info: dict, zs: ZeroShotModel) -> list[str]:
-    """Localization class names by id when --class-names is not given: the records' metadata.json, else the
-    label set the checkpoint was trained with; annotation files: the sorted names found in the file, as the
-    converter numbers them."""
+def _default_classes(args, info: dict, zs: ZeroShotModel) -> list[str] | dict[str, list[str]]:
+    """Localization class names by id (or {dataset: names by id}) when --class-names is not given: the records'
+    metadata.json, else the label set the checkpoint was trained with; annotation files: the names found in the
+    file, numbered as the converter numbers them."""
     if info["kind"] == "records":
-        names = list(info["metadata"].get("class_names") or [])
-        return names or list(zs.label_sets.get("localization") or [])
+        return label_sets(info["metadata"]) or zs.label_sets.get("localization") or []
     return class_names_for("localization", args.data, None, subset=getattr(args, "subset", None))
 
 

@@ -51,12 +51,13 @@ def load_config(steps: int, num_frames: int, text_init_scale: float, text_layers
         config.seed = seed
     if tasks:
         config.tasks = tasks
-        config.accum_steps = len(tasks.split(","))  # one micro-batch of each task per optimizer step
+        config.accum_steps = 0  # derived: one cycle of the chosen tasks (one micro-batch each) per optimizer step
     return config
 
 
 def export_initial(config, workdir: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     """The model as the run starts (same build, same seed), exported as the trainer exports at the end."""
+    from data_pipelines.pipeline.label_tables import label_sets
     from streamformer_jax.checkpoint import save_checkpoint
     from streamformer_jax.param_tree import flat_params
     from streamformer_jax.train import loop
@@ -64,7 +65,7 @@ def export_initial(config, workdir: pathlib.Path, out: pathlib.Path) -> pathlib.
     from streamformer_jax.train.task_model import ModelSettings
 
     meta = loop.read_metadata(loop.task_directories(loop.data_config(config, workdir)))
-    tm = build_task_model(ModelSettings.from_config(config), {t: list(m.get("class_names", [])) for t, m in meta.items()})
+    tm = build_task_model(ModelSettings.from_config(config), {t: label_sets(m) for t, m in meta.items()})
     flat = {k: np.asarray(v) for k, v in flat_params(tm.model, None).items()}
     backbone = {k[len("backbone."):]: v for k, v in flat.items() if k.startswith("backbone.")}
     path = save_checkpoint(out, tm.backbone.replace(dtype="float32"), backbone, extra={"source": "untrained"})

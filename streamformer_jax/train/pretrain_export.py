@@ -89,7 +89,7 @@ def tokenizer_spec(tokenizer) -> dict:
 
 def write_pretrain_export(out: str | os.PathLike, flat: Mapping[str, Any], *, tasks: Sequence[str],
                           backbone_config: StreamFormerConfig, text_config: SiglipTextConfig | None, tokenizer,
-                          label_sets: Mapping[str, Sequence[str]], wrapper_logit_scale: float,
+                          label_sets: Mapping[str, Sequence[str] | Mapping[str, Sequence[str]]], wrapper_logit_scale: float,
                           wrapper_logit_bias: float) -> pathlib.Path:
     """Write `pretrain_extras.safetensors` and `text_config.json` (+ `spiece.model`) into `out` (see above)."""
     out = pathlib.Path(out)
@@ -97,7 +97,7 @@ def write_pretrain_export(out: str | os.PathLike, flat: Mapping[str, Any], *, ta
                                               wrapper_logit_scale=wrapper_logit_scale,
                                               wrapper_logit_bias=wrapper_logit_bias)
     write_extras(out, tensors, aliases, order, source="streamformer_jax.train")
-    meta = {"tasks": list(tasks), "label_sets": {t: list(n) for t, n in label_sets.items()},
+    meta = {"tasks": list(tasks), "label_sets": {t: _label_set(n) for t, n in label_sets.items()},
             "text_config": text_config.to_dict() if text_config is not None else None, "tokenizer": None}
     if tokenizer is not None:
         spec = tokenizer_spec(tokenizer)
@@ -108,3 +108,10 @@ def write_pretrain_export(out: str | os.PathLike, flat: Mapping[str, Any], *, ta
     tmp.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(tmp, out / TEXT_CONFIG_FILE)
     return out
+
+
+def _label_set(names):
+    """Names by id, or {dataset: names by id} (per-dataset tables), as JSON."""
+    if isinstance(names, Mapping):
+        return {str(ds): [str(n) for n in table] for ds, table in names.items()}
+    return [str(n) for n in names]

@@ -25,10 +25,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from data_pipelines.pipeline.builtin import build_heldout_records
+from data_pipelines.pipeline.label_tables import label_sets
 from streamformer_jax.param_tree import ModuleTemplate, flatten
 from streamformer_jax.train import distributed
 from streamformer_jax.train.task_model import TaskModel
-from streamformer_jax.zero_shot.evaluate import ZeroShotModel, evaluate, flat_summary, tasks as zero_shot_tasks
+from streamformer_jax.zero_shot.evaluate import ClassTables, ZeroShotModel, evaluate, flat_summary, tasks as zero_shot_tasks
 from streamformer_jax.zero_shot.features import FeatureRunner
 from streamformer_jax.zero_shot.items import find_items
 
@@ -48,7 +49,7 @@ class PeriodicEvaluator:
 
     def __init__(self, tm: TaskModel, mesh: jax.sharding.Mesh, data_dir: str | pathlib.Path, tasks, *, every: int,
                  num_frames: int = 0, batch_size: int = 0, max_items: int = 0,
-                 class_names: Mapping[str, list[str]] | None = None):
+                 class_names: Mapping[str, ClassTables] | None = None):
         self.tm, self.mesh, self.every = tm, mesh, int(every)
         self.template = ModuleTemplate(tm.model)
         self.tasks = [t for t in tasks if t in tm.model.tasks]
@@ -56,7 +57,7 @@ class PeriodicEvaluator:
         for task in self.tasks:
             items, info = find_items(data_dir, task, fmt="records")
             self.items[task] = items[:max_items] if max_items else items
-            self.class_names[task] = list(info["metadata"].get("class_names") or (class_names or {}).get(task) or [])
+            self.class_names[task] = label_sets(info["metadata"]) or (class_names or {}).get(task) or []
         self.num_frames = num_frames or None
         self.batch_size = batch_size or None
         self.runner: FeatureRunner | None = None
@@ -102,7 +103,7 @@ def make_evaluator(setup) -> PeriodicEvaluator | None:
                              f"{', '.join(tasks)}/ sub-directories) when training on converted data")
         data_dir = pathlib.Path(builtin_dir) / HELDOUT_DIR / "records"
         _ensure_builtin_heldout(data_dir, tasks)
-    class_names = {t: list(m.get("class_names", [])) for t, m in setup.meta.items()}
+    class_names = {t: label_sets(m) for t, m in setup.meta.items()}
     setup.note(f"zero-shot evaluation of {', '.join(tasks)} every {every} steps on {data_dir}")
     return PeriodicEvaluator(setup.tm, setup.mesh, data_dir, tasks, every=every,
                              num_frames=int(ev.get("num_frames", 0) or 0), batch_size=int(ev.get("batch_size", 0) or 0),

@@ -2,8 +2,9 @@
 
 * retrieval: T frames, one from each of the T intervals `linspace(0, n, T+1).astype(int)` (the interval's middle
   frame, `(a + b - 1) // 2`, the UMT "middle" rule; videos shorter than T frames give every frame once, then the
-  last one repeated); DiDeMo keeps only its first 30 s (`trimmed30s`: n = int(30 fps)); each frame resized to
-  S x S (bicubic, antialiased, aspect not kept).
+  last one repeated); a video with `trim_seconds` (the original's `trimmed30s`, DiDeMo: 30) or of a dataset in
+  `trim_datasets` keeps only its first 30 s (n = int(30 fps)); each frame resized to S x S (bicubic,
+  antialiased, aspect not kept).
 * grounding, localization: T frames `linspace(0, n-1, T).astype(int)` over the whole video, timestamps
   round(t, 2) (record frames carry their source times), short side resized to S (bilinear), centre-cropped.
 """
@@ -19,6 +20,7 @@ from streamformer_jax.video import resized_shape
 from streamformer_jax.zero_shot.items import EvalItem, Frames
 
 TRIM30_DATASETS = ("DiDeMo",)  # only the first 30 s are used (the original's `trimmed30s`)
+TRIM_SECONDS = 30.0
 
 
 def retrieval_indices(n: int, num_frames: int) -> np.ndarray:
@@ -78,7 +80,8 @@ def make_clip(task: str, item: EvalItem, num_frames: int, size: int,
     """The item's test clip for `task` (see the module docstring); each selected frame is decoded once."""
     frames = item.load()
     if task == "retrieval":
-        n = trimmed_length(frames) if item.dataset in trim_datasets else len(frames.times)
+        trim = float(item.fields.get("trim_seconds") or 0.0) or (TRIM_SECONDS if item.dataset in trim_datasets else 0.0)
+        n = trimmed_length(frames, trim) if trim > 0 else len(frames.times)
         idx = retrieval_indices(n, num_frames)
         transform = square_resize
     else:

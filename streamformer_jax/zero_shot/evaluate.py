@@ -4,14 +4,15 @@
 
 * retrieval: the video is the last frame's pooled vector (the retrieval head's input), compared by cosine
   similarity with the caption's text embedding. Queries: each caption of MSRVTT-style data (with one caption per
-  video this is the 1k-A protocol); ActivityNet and DiDeMo are paragraph retrieval: the video's captions joined
-  with spaces are one query. Text->video R@K: the rank of the paired video; video->text: the best-ranked caption
-  of the video. Median and mean rank too.
+  video this is the 1k-A protocol); ActivityNet and DiDeMo are paragraph retrieval: the captions of an annotation
+  row (a record's `caption_row`; without rows, all the video's captions) joined with spaces are one query.
+  Text->video R@K: the rank of the paired video; video->text: the best-ranked caption of the video. Median and
+  mean rank too.
 * grounding: per query, the grounding head's per-frame logits s*cos(v_t, u) + b -> `metrics.grounding_results`
   (sigmoid, windows for factors 0.5/0.6/0.7, the original IoU): R@1 at IoU 0.3/0.5/0.7 and mIoU.
 * localization: per frame and class the localization head's s*<n(v_t), E_c> + b with the template-mean label
   embeddings E_c (spec §5.3), sigmoid -> `metrics.localization_segments` -> ActivityNet mAP at tIoU
-  0.5:0.05:0.95 and its average.
+  0.5:0.05:0.95 and its average; ground truth: every annotation row's windows with its class.
 Every number is reported per dataset (the records' / annotations' dataset name).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Callable, Mapping, Sequence
 import jax
 import numpy as np
 
+from data_pipelines.pipeline.targets import row_windows
 from data_pipelines.records.shards import write_text
 from streamformer_jax.tasks import registry
 from streamformer_jax.tasks.model import MultiTaskModel
@@ -37,6 +39,7 @@ from streamformer_jax.zero_shot.items import TASK_FIELDS, EvalDataError, EvalIte
 
 PARAGRAPH_DATASETS = ("ActivityNet", "DiDeMo")  # captions joined into one paragraph query per video
 GROUNDING_METHODS = ("original", "max_subarray")
+ClassTables = Sequence[str] | Mapping[str, Sequence[str]]  # names by id, or {dataset: names by id}
 
 
 def tasks() -> list[str]:
@@ -50,7 +53,7 @@ class ZeroShotModel:
 
     model: MultiTaskModel  # backbone, heads (per-task logit scale/bias), frozen text tower
     tokenizer: Callable  # texts -> int32 [N, L]
-    label_sets: dict[str, list[str]]  # {task: class names} the run trained with ({} when unknown)
+    label_sets: dict[str, ClassTables]  # {task: names by id | {dataset: names}} the run trained with ({}: unknown)
     source: str
 
     def head_scalars(self, task: str) -> tuple[float, float]:
@@ -84,9 +87,11 @@ def retrieval_metrics(zs: ZeroShotModel, items: Sequence[EvalItem], feats: Mappi
         texts, owner = [], []
         for j, it in enumerate(group):
             caps = [str(c) for c in it.fields["captions"]]
-            if paragraph:
-                texts.append(" ".join(caps))
-                owner.append(j)
+            if paragraph:  # one paragraph per annotation row (records without caption rows: one row)
+                rows = np.asarray(it.fields.get("caption_row", np.zeros(len(caps))), np.int64).reshape(-1)
+                for r in dict.fromkeys(rows.tolist()):
+                    texts.append(" ".join(c for c, cr in zip(caps, rows) if cr == r))
+                    owner.append(j)
             else:
                 texts.extend(caps)
                 owner.extend([j] * len(caps))
@@ -125,16 +130,31 @@ def grounding_metrics(zs: ZeroShotModel, items: Sequence[EvalItem], feats, times
     return out
 
 
-def dataset_classes(class_names: Sequence[str], dataset: str) -> list[str]:
-    """The class table of one dataset. Converted multi-dataset tables list names as "<dataset>/<name>" in
-    (dataset, id) order, with per-dataset ids in the records: select that dataset's names and drop the prefix."""
+def dataset_classes(class_names: ClassTables, dataset: str) -> list[str]:
+    """The class table of one dataset: its own from per-dataset tables (the converter's `label_tables`, a nested
+    label2id; `data_pipelines.pipeline.label_tables`), else the one flat table (a flat table whose names read
+    "<dataset>/<name>" gives that dataset's names without the prefix)."""
+    if isinstance(class_names, Mapping):
+        if dataset not in class_names:
+            raise EvalDataError(f"no label table for dataset {dataset!r} (tables: {sorted(class_names)})")
+        return [str(n) for n in class_names[dataset]]
     prefix = f"{dataset}/"
     own = [n[len(prefix):] for n in class_names if dataset and n.startswith(prefix)]
     return own if own else list(class_names)
 
 
+def ground_truth_segments(fields: Mapping) -> list[tuple[int, tuple[float, float]]]:
+    """(class id, (start, end)) of every ground-truth segment of a localization item: each annotation row's
+    windows (its own segment, or its several relevant windows; `targets.row_windows`) with the row's class."""
+    spans = np.asarray(fields["segments"], np.float64).reshape(-1, 2)
+    relevant = fields.get("relevant_windows", np.zeros((0, 2)))
+    owner = fields.get("relevant_window_caption", ())
+    return [(int(c), (float(w[0]), float(w[1]))) for row, c in enumerate(fields["segment_labels"])
+            for w in row_windows(spans, relevant, owner, row)]
+
+
 def localization_metrics(zs: ZeroShotModel, items: Sequence[EvalItem], feats, times, durations,
-                         class_names: Sequence[str], *, tious: Sequence[float] = M.ACTIVITYNET_TIOUS) -> dict:
+                         class_names: ClassTables, *, tious: Sequence[float] = M.ACTIVITYNET_TIOUS) -> dict:
     if not class_names:
         raise EvalDataError("localization needs class names (--class-names, the records' metadata.json, or the "
                             "label set recorded in the checkpoint)")
@@ -145,14 +165,15 @@ def localization_metrics(zs: ZeroShotModel, items: Sequence[EvalItem], feats, ti
         names = dataset_classes(class_names, dataset)
         emb = compute_label_embeddings(zs.model.text_encoder, zs.tokenizer, names, templates,
                                        batch_size=64).astype(np.float64)
+        real = {c for c, name in enumerate(names) if name}  # an empty name is an id no class has: not predicted
         preds, gts = [], []
         for it in group:
             v = normalize(feats[it.index])
             probs = M.sigmoid(s * (v @ emb.T) + b)  # [T, C]
             for c, st, en, sc in M.localization_segments(probs, times[it.index], durations.get(it.index)):
-                preds.append((it.index, c, st, en, sc))
-            for (st, en), c in zip(np.asarray(it.fields["segments"]).reshape(-1, 2), it.fields["segment_labels"]):
-                gts.append((it.index, int(c), float(st), float(en)))
+                if c in real:
+                    preds.append((it.index, c, st, en, sc))
+            gts.extend((it.index, int(c), float(st), float(en)) for c, (st, en) in ground_truth_segments(it.fields))
         if not gts:
             continue
         res = M.localization_map(preds, gts, tious)
@@ -170,7 +191,7 @@ def fingerprint(*parts) -> str:
 
 def evaluate(task: str, zs: ZeroShotModel, items: Sequence[EvalItem], *, num_frames: int | None = None,
              batch_size: int | None = None, workers: int = 1, progress: bool = True,
-             cache_path: pathlib.Path | None = None, cache_key: str = "", class_names: Sequence[str] = (),
+             cache_path: pathlib.Path | None = None, cache_key: str = "", class_names: ClassTables = (),
              method: str = "original", paragraph_datasets: Sequence[str] = PARAGRAPH_DATASETS,
              trim_datasets: Sequence[str] = TRIM30_DATASETS, runner: FeatureRunner | None = None) -> dict:
     """Features (resumable through `cache_path`) then the task's metrics, per dataset; the result is JSON-able.

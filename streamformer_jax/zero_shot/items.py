@@ -20,9 +20,12 @@ from data_pipelines import annotations
 from data_pipelines.records import schema, sources
 from streamformer_jax import video
 
-# The annotation fields each zero-shot task reads from a record or an annotation item.
+# The annotation fields each zero-shot task reads from a record or an annotation item, and those it uses when
+# present (retrieval: each caption's annotation row, DiDeMo's 30 s trim; localization: a row's several windows).
 TASK_FIELDS = {"retrieval": ("captions",), "grounding": ("captions", "windows"),
                "localization": ("segments", "segment_labels")}
+OPTIONAL_FIELDS = {"retrieval": ("caption_row", "trim_seconds"), "grounding": (),
+                   "localization": ("relevant_windows", "relevant_window_caption")}
 FORMATS = ("auto", "records", "annotations")
 
 
@@ -74,7 +77,7 @@ def record_items(directory: str | os.PathLike, task: str, start_index: int = 0) 
         ex = schema.decode_record(source[i])
         if ex["task"] != task:
             raise EvalDataError(f"{directory}: holds {ex['task']!r} records, not {task!r}")
-        fields = {k: ex[k] for k in TASK_FIELDS[task]}
+        fields = {k: ex[k] for k in TASK_FIELDS[task] + OPTIONAL_FIELDS[task] if k in ex}
 
         def load(i=i):
             rec = schema.decode_record(source[i])
@@ -120,6 +123,8 @@ def annotation_items(path: str | os.PathLike, task: str, video_root: str | os.Pa
         if task == "localization":
             fields["segments"] = np.asarray(fields["segments"], np.float32).reshape(-1, 2)
             fields["segment_labels"] = np.asarray(fields["segment_labels"], np.int32)
+            if "relevant_windows" in fields:
+                fields["relevant_windows"] = np.asarray(fields["relevant_windows"], np.float32).reshape(-1, 2)
         items.append(EvalItem(i, it.video_id, it.dataset, it.source, fields,
                               _video_loader(it.source, max_frames, short_side)))
     return items
