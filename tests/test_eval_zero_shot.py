@@ -348,3 +348,69 @@ def test_export_with_sentencepiece_tokenizer_loads_back(tmp_path):
     assert pm.head_scalars("retrieval")[0] == pytest.approx(np.exp(3.5))
     back = flat_params(pm.model)
     assert all(np.array_equal(np.asarray(back[k]), flat[k]) for k in flat)
+
+
+# ------------------------------------------------------------------------ the data branch's record semantics
+def test_localization_ground_truth_is_every_window_of_each_row():
+    """Per-row localization records: a row with several relevant windows is positive in each of them (the
+    original's `len(relevant_windows) <= 1` rule), a row with one uses its own segment."""
+    from streamformer_jax.zero_shot.evaluate import ground_truth_segments
+
+    fields = {"segments": np.array([[0, 10], [20, 30]], np.float32), "segment_labels": np.array([3, 1], np.int32),
+              "relevant_windows": np.array([[0, 2], [5, 10], [20, 30]], np.float32),
+              "relevant_window_caption": np.array([0, 0, 1], np.int32)}
+    assert ground_truth_segments(fields) == [(3, (0.0, 2.0)), (3, (5.0, 10.0)), (1, (20.0, 30.0))]
+    plain = {"segments": np.array([[1, 2], [3, 4]], np.float32), "segment_labels": np.array([0, 2], np.int32)}
+    assert ground_truth_segments(plain) == [(0, (1.0, 2.0)), (2, (3.0, 4.0))]
+
+
+def test_per_dataset_label_tables():
+    from streamformer_jax.zero_shot.evaluate import dataset_classes
+    from streamformer_jax.zero_shot.items import EvalDataError
+
+    tables = {"ActivityNet": ["a", "b"], "HACS": ["c", "", "d"]}
+    assert dataset_classes(tables, "HACS") == ["c", "", "d"]
+    with pytest.raises(EvalDataError, match="FineAction"):
+        dataset_classes(tables, "FineAction")
+    assert dataset_classes(["x/a", "y/b", "x/c"], "x") == ["a", "c"]
+    assert dataset_classes(["a", "b"], "anything") == ["a", "b"]
+
+
+def test_paragraph_queries_follow_caption_rows():
+    """ActivityNet/DiDeMo paragraph retrieval: one query per annotation row (its captions joined); MSRVTT-style
+    data: one query per caption."""
+    from types import SimpleNamespace
+
+    from streamformer_jax.zero_shot.evaluate import retrieval_metrics
+    from streamformer_jax.zero_shot.items import EvalItem
+
+    seen = []
+
+    def encode(texts):
+        seen.append(list(texts))
+        return np.eye(8)[: len(texts)] + 0.1
+
+    items = [EvalItem(0, "v0", "DiDeMo", "", {"captions": ["a", "b", "c"], "caption_row": np.array([0, 0, 1])}, None),
+             EvalItem(1, "v1", "DiDeMo", "", {"captions": ["d"]}, None),
+             EvalItem(2, "v2", "MSRVTT", "", {"captions": ["e", "f"], "caption_row": np.array([0, 1])}, None)]
+    feats = {i: np.eye(8)[[i]].repeat(2, 0) for i in range(3)}
+    out = retrieval_metrics(SimpleNamespace(encode=encode), items, feats)
+    assert seen == [["a b", "c", "d"], ["e", "f"]]
+    assert out["DiDeMo"]["num_queries"] == 3 and out["DiDeMo"]["paragraph"]
+    assert out["MSRVTT"]["num_queries"] == 2 and not out["MSRVTT"]["paragraph"]
+
+
+def test_retrieval_clip_honours_trim_seconds():
+    from PIL import Image
+
+    from streamformer_jax.zero_shot.clips import make_clip
+    from streamformer_jax.zero_shot.items import EvalItem, Frames
+
+    frames = Frames(np.arange(60, dtype=np.float64), 1.0, 60.0,
+                    lambda idx: [Image.new("RGB", (8, 8), (int(i), 0, 0)) for i in idx])
+    trimmed = EvalItem(0, "v", "Other", "", {"captions": ["x"], "trim_seconds": 30.0}, lambda: frames)
+    whole = EvalItem(0, "v", "Other", "", {"captions": ["x"]}, lambda: frames)
+    assert make_clip("retrieval", trimmed, 4, 8).timestamps.max() < 30
+    assert make_clip("retrieval", whole, 4, 8).timestamps.max() > 30
+    by_name = EvalItem(0, "v", "DiDeMo", "", {"captions": ["x"]}, lambda: frames)  # the dataset rule still applies
+    assert make_clip("retrieval", by_name, 4, 8).timestamps.max() < 30
