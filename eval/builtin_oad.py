@@ -13,13 +13,15 @@ Background + the 4 colours, the class at the last frame of the feature's chunk) 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import sys
-from fractions import Fraction
 
 import numpy as np
+
+from data_pipelines.pipeline import builtin
+from eval.oad_extract import CHUNK, chunk_ends, resample_indices
+from streamformer_jax import cli
 
 NAME = "BuiltinOAD"
 FPS = 24
@@ -38,53 +40,32 @@ def _segments(rng: np.random.Generator, seconds: float) -> list[tuple[int, int, 
 
 
 def write_stream(path: pathlib.Path, segments, size: tuple[int, int], colours) -> np.ndarray:
-    """Encode one stream; returns the class of every frame."""
-    import av
-
-    from data_pipelines.pipeline.builtin import _render
-
-    rate = Fraction(FPS)
-    labels = []
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        stream.time_base = 1 / rate
-        stream.options = {"qscale": "3"}
-        pts = 0
-        for start, end, cls, reverse in segments:
-            n = end - start
-            for i in range(n):
-                rgb = _render(i, n, size, colours[cls - 1] if cls else (0, 0, 0), reverse, cls > 0)
-                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-                frame.pts = pts
-                pts += 1
-                out.mux(stream.encode(frame))
-                labels.append(cls)
-        out.mux(stream.encode())
-    return np.asarray(labels, np.int64)
+    """Encode one stream (frames of the built-in clips, `builtin.render_frame`); returns the class of every frame."""
+    labels = np.concatenate([np.full(end - start, cls, np.int64) for start, end, cls, _ in segments])
+    frames = (builtin.render_frame(i, end - start, size, colours[cls - 1] if cls else (0, 0, 0), reverse, cls > 0)
+              for start, end, cls, reverse in segments for i in range(end - start))
+    builtin.encode_video(path, frames, size, FPS)
+    return labels
 
 
 def write_builtin_oad(out_dir, *, train: int = 12, test: int = 4, seconds: tuple[float, float] = (40.0, 60.0),
                       size: tuple[int, int] = (64, 48), seed: int = 3) -> pathlib.Path:
     """Write the streams and their annotations (see the module docstring); returns DIR/BuiltinOAD."""
-    from data_pipelines.pipeline.builtin import CLASS_NAMES, COLOURS
-    from eval.oad_extract import CHUNK, chunk_ends, resample_indices
-
     out = pathlib.Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     targets = out / NAME / "target_perframe"
     targets.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     names = {"train": [f"train_{i:02d}" for i in range(train)], "test": [f"test_{i:02d}" for i in range(test)]}
-    colours = [COLOURS[c] for c in CLASS_NAMES]
+    colours = [builtin.COLOURS[c] for c in builtin.CLASS_NAMES]
     for session in names["train"] + names["test"]:
         segments = _segments(rng, float(rng.uniform(*seconds)))
         frame_labels = write_stream(out / "videos" / f"{session}.mp4", segments, size, colours)
         idx = resample_indices(len(frame_labels), FPS)  # the extractor's 24 fps grid (identity at 24 fps)
         ends = chunk_ends(len(idx), CHUNK)
         labels = frame_labels[idx[ends - 1]]  # a feature is the pooled vector of its chunk's last frame
-        np.save(targets / f"{session}.npy", np.eye(len(CLASS_NAMES) + 1, dtype=np.float32)[labels])
-    info = {NAME: {"class_names": ["Background", *CLASS_NAMES], "num_classes": len(CLASS_NAMES) + 1,
+        np.save(targets / f"{session}.npy", np.eye(len(builtin.CLASS_NAMES) + 1, dtype=np.float32)[labels])
+    info = {NAME: {"class_names": ["Background", *builtin.CLASS_NAMES], "num_classes": len(builtin.CLASS_NAMES) + 1,
                    "ignore_index": -100, "metrics": "AP", "fps": 4, "data_root": NAME,
                    "train_session_set": names["train"], "test_session_set": names["test"]}}
     (out / "data_info.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -92,17 +73,20 @@ def write_builtin_oad(out_dir, *, train: int = 12, test: int = 4, seconds: tuple
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.builtin_oad", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True)
-    p.add_argument("--train", type=int, default=12)
-    p.add_argument("--test", type=int, default=4)
+    p = cli.ArgumentParser(prog="python -m eval.builtin_oad", description=__doc__.split("\n\n")[0])
+    cli.add_out(p, help="output directory (videos/, BuiltinOAD/, data_info.json)", metavar="DIR")
+    p.add_argument("--train", type=cli.positive(int), default=12, help="training streams (default 12)")
+    p.add_argument("--test", type=cli.positive(int), default=4, help="test streams (default 4)")
     p.add_argument("--seed", type=int, default=3)
     args = p.parse_args(argv)
-    folder = write_builtin_oad(args.out, train=args.train, test=args.test, seed=args.seed)
-    print(f"wrote {args.out}/videos and {folder} (python -m eval.oad_extract --videos {args.out}/videos ...; "
-          f"python -m eval.oad_train --annotations {folder} ...)", file=sys.stderr)
-    return 0
 
+    def run() -> int:
+        folder = write_builtin_oad(args.out, train=args.train, test=args.test, seed=args.seed)
+        print(f"wrote {args.out}/videos and {folder} (python -m eval.oad_extract --videos {args.out}/videos ...; "
+              f"python -m eval.oad_train --annotations {folder} ...)", file=sys.stderr)
+        return 0
+
+    return cli.run(run)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -5,12 +5,10 @@ built-in clips, and an online-action-detection head on built-in streams, each ag
 
 1. Pretrains the tiny model on the built-in dataset (`configs/pretrain_multitask.py:tiny`, 8 frames per clip,
    `--steps` optimizer steps, the zero-shot tasks retrieval + grounding + localization, one micro-batch of each per
-   step) with a 2-layer random stand-in text tower at `--text-init-scale` 25: at SigLIP's init scale the tiny
-   tower gives every caption nearly the same embedding (cosine ~0.999). The same model before training (the run's
-   seed) is exported too. A second run of the same recipe on retrieval alone (`--no-retrieval-run` skips it):
-   with a random text tower, caption embeddings are unrelated to the label-template embeddings that the other heads
-   pull the same pooled vector towards, and in the mixed runs tried retrieval stayed at chance.
-2. Writes held-out built-in records (`eval.builtin_heldout`: other sizes, lengths, shades, windows) and runs
+   step) with the recipe's stand-in text tower (random, frozen: 4 layers x 8 heads at 25x SigLIP's init scale, so
+   that the built-in captions get distinct embeddings; configs/common.py). The same model before training (the
+   run's seed) is exported too.
+2. Writes held-out built-in records (`python -m eval.builtin_heldout`: other sizes, lengths, shades, windows) and runs
    `python -m eval.retrieval|grounding|localization` on them for the trained and the untrained model.
 3. Baselines on the same held-out data: retrieval chance R@1 = 1 / (videos); grounding: windows with two
    uniform random end points in [0, duration] (R@0.5 with the original IoU, mean over 1000 draws);
@@ -34,16 +32,18 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def load_config(steps: int, num_frames: int, text_init_scale: float, text_layers: int, seed: int | None,
-                tasks: str = ""):
+def load_config(steps: int, num_frames: int, seed: int | None, tasks: str = "", text_init_scale: float | None = None,
+                text_layers: int | None = None):
     spec = importlib.util.spec_from_file_location("_sf_pretrain", REPO / "configs" / "pretrain_multitask.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config("tiny")
     config.total_steps = steps
     config.model.overrides.num_frames = num_frames
-    config.text.random.init_scale = text_init_scale
-    config.text.random.num_layers = text_layers
+    if text_init_scale is not None:
+        config.text.random.init_scale = text_init_scale
+    if text_layers is not None:
+        config.text.random.num_layers = text_layers
     config.progress_bar = False
     config.log_every = 20
     config.checkpoint.every_steps = 100
@@ -138,32 +138,25 @@ def oad(export: pathlib.Path, workdir: pathlib.Path) -> dict:
     return json.loads((workdir / "run" / "results.json").read_text())
 
 
-def run(workdir, *, steps: int = 300, num_frames: int = 8, text_init_scale: float = 25.0, text_layers: int = 2,
-        seed: int | None = None, tasks: str = "retrieval,grounding,localization", retrieval_run: bool = True) -> dict:
+def run(workdir, *, steps: int = 300, num_frames: int = 8, seed: int | None = None,
+        tasks: str = "retrieval,grounding,localization", text_init_scale: float | None = None,
+        text_layers: int | None = None) -> dict:
     from data_pipelines.pipeline.builtin import build_heldout_records
     from streamformer_jax.train import loop
 
     workdir = pathlib.Path(workdir).absolute()
-    config = load_config(steps, num_frames, text_init_scale, text_layers, seed, tasks)
+    config = load_config(steps, num_frames, seed, tasks, text_init_scale, text_layers)
     config.builtin_dir = str(workdir / "builtin_data")
     untrained = export_initial(config, workdir / "run", workdir / "untrained")
     summary = loop.train(config, workdir / "run", log=lambda s: None)
     trained = workdir / "run" / "export"
     heldout = build_heldout_records(workdir / "heldout", ["retrieval", "grounding", "localization"])
     data = heldout["retrieval"].parent
+    r = config.text.random
     out: dict = {"config": "configs/pretrain_multitask.py:tiny", "seed": int(config.seed),
-                 "steps": int(summary["step"]), "num_frames": num_frames, "text_init_scale": text_init_scale,
-                 "text_layers": text_layers, "tasks": tasks or "all six"}
-    if retrieval_run:
-        # The same recipe on the retrieval task alone: with a random text tower the caption embeddings are
-        # unrelated to the label-template embeddings that the other heads pull the same pooled vector towards.
-        rconfig = load_config(steps, num_frames, text_init_scale, text_layers, seed, "retrieval")
-        rconfig.builtin_dir = config.builtin_dir
-        loop.train(rconfig, workdir / "run_retrieval", log=lambda s: None)
-        r = zero_shot("retrieval", workdir / "run_retrieval" / "export", data,
-                      workdir / "retrieval_only_retrieval.json")["datasets"]["builtin"]
-        out["retrieval_only"] = {"retrieval_t2v_R@1": r["t2v"]["R@1"], "retrieval_v2t_R@1": r["v2t"]["R@1"],
-                                 "retrieval_t2v_R@5": r["t2v"]["R@5"]}
+                 "steps": int(summary["step"]), "num_frames": num_frames, "tasks": tasks or "all six",
+                 "text_tower": {"num_layers": int(r.num_layers), "num_heads": int(r.num_heads),
+                                "init_scale": float(r.init_scale)}}
     for name, ckpt in (("untrained", untrained), ("trained", trained)):
         r = zero_shot("retrieval", ckpt, data, workdir / f"{name}_retrieval.json")["datasets"]["builtin"]
         g = zero_shot("grounding", ckpt, data, workdir / f"{name}_grounding.json")["datasets"]["builtin"]
@@ -184,8 +177,6 @@ def run(workdir, *, steps: int = 300, num_frames: int = 8, text_init_scale: floa
     t, b = out["trained"], out["baseline"]
     out["margins"] = {
         "retrieval_t2v_R@1": t["retrieval_t2v_R@1"] - b["retrieval_R@1"],
-        **({"retrieval_only_t2v_R@1": out["retrieval_only"]["retrieval_t2v_R@1"] - b["retrieval_R@1"]}
-           if retrieval_run else {}),
         **{f"grounding_R@0.5_factor_{f}": t[f"grounding_R@0.5_factor_{f}"] - b["grounding_R@1,IoU=0.5"]
            for f in (0.5, 0.6, 0.7)},
         "localization_average_mAP": t["localization_average_mAP"] - b["localization_average_mAP"],
@@ -198,17 +189,16 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", required=True)
     p.add_argument("--steps", type=int, default=300, help="pretraining optimizer steps (default 300)")
     p.add_argument("--num-frames", type=int, default=8, help="frames per clip (default 8)")
-    p.add_argument("--text-init-scale", type=float, default=25.0,
-                   help="init scale of the random stand-in text tower (default 25; 1 = SigLIP's std 0.02)")
-    p.add_argument("--text-layers", type=int, default=2, help="layers of the random stand-in text tower (default 2)")
     p.add_argument("--seed", type=int, default=None, help="the run's seed (default: the config's, 42)")
     p.add_argument("--tasks", default="retrieval,grounding,localization",
                    help="pretraining tasks, comma-separated (default: the three zero-shot tasks; '' = all six)")
-    p.add_argument("--no-retrieval-run", action="store_true", help="skip the retrieval-only pretraining run")
+    p.add_argument("--text-init-scale", type=float, default=None,
+                   help="init scale of the stand-in text tower (default: the tiny recipe's, 25)")
+    p.add_argument("--text-layers", type=int, default=None,
+                   help="layers of the stand-in text tower (default: the tiny recipe's, 4)")
     args = p.parse_args(argv)
-    summary = json.dumps(run(args.workdir, steps=args.steps, num_frames=args.num_frames,
-                             text_init_scale=args.text_init_scale, text_layers=args.text_layers, seed=args.seed,
-                             tasks=args.tasks, retrieval_run=not args.no_retrieval_run),
+    summary = json.dumps(run(args.workdir, steps=args.steps, num_frames=args.num_frames, seed=args.seed,
+                             tasks=args.tasks, text_init_scale=args.text_init_scale, text_layers=args.text_layers),
                          indent=2)
     (pathlib.Path(args.workdir) / "summary.json").write_text(summary + "\n")
     print(summary)

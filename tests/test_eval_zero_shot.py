@@ -20,22 +20,37 @@ TASKS = ("retrieval", "grounding", "localization", "vis")
 
 @pytest.fixture(scope="module")
 def run(builtin_dir, jax_cache, tmp_path_factory):  # noqa: F811
-    from streamformer_jax.train import loop
+    from streamformer_jax.train import loop, zero_shot_eval
 
     workdir = tmp_path_factory.mktemp("zero_shot_run")
     # LoRA rank 32: the official class's rank, so the exported .pth loads into the reference backbone strictly
     config = tiny_config(builtin_dir, jax_cache, tasks=TASKS, total_steps=2, eval_every=1,
                          **{"model.overrides.lora_rank": 32, "checkpoint.every_steps": 2})
-    summary = loop.train(config, workdir, log=lambda s: None)
+    calls = []
+
+    def evaluator(setup):  # the callback seam of train(): a factory of `.every` + `(step, state) -> metrics`
+        zero_shot = zero_shot_eval.make_evaluator(setup)
+
+        class Recording:
+            every = zero_shot.every
+
+            def __call__(self, step, state):
+                calls.append(step)
+                return zero_shot(step, state)
+
+        return Recording()
+
+    summary = loop.train(config, workdir, log=lambda s: None, evaluator=evaluator)
     assert summary["stopped"] == "done"
+    summary["evaluated_steps"] = calls
     return workdir, pathlib.Path(builtin_dir) / "heldout" / "records", summary
 
 
 # ---------------------------------------------------------------------------------------- during training
 def test_periodic_evaluation_is_logged(run):
-    workdir, records, _ = run
+    workdir, records, summary = run
     rows = [r for r in read_metrics(workdir) if any(k.startswith("eval/") for k in r)]
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [1, 2] and summary["evaluated_steps"] == [1, 2]
     for r in rows:
         assert 0 <= r["eval/retrieval/builtin/t2v_R@1"] <= 1
         assert "eval/grounding/builtin/factor_0.7/R@1,IoU=0.5" in r

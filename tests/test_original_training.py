@@ -33,6 +33,7 @@ def _config(world, jax_cache, **overrides):  # noqa: F811
     config.data_dir = str(world["out"])
     config.compilation_cache_dir = jax_cache
     config.model.overrides.num_layers = 1
+    config.text.random.num_layers = 1  # compile time (the caption tasks run the stand-in text tower in the step)
     config.accum_steps = 0  # derived from the data's cycle
     config.progress_bar = False
     for key, value in overrides.items():
