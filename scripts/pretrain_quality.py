@@ -33,7 +33,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(steps: int, num_frames: int, seed: int | None, tasks: str = "", text_init_scale: float | None = None,
-                text_layers: int | None = None):
+                text_layers: int | None = None, text_heads: int | None = None):
     spec = importlib.util.spec_from_file_location("_sf_pretrain", REPO / "configs" / "pretrain_multitask.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -44,6 +44,8 @@ def load_config(steps: int, num_frames: int, seed: int | None, tasks: str = "", 
         config.text.random.init_scale = text_init_scale
     if text_layers is not None:
         config.text.random.num_layers = text_layers
+    if text_heads is not None:
+        config.text.random.num_heads = text_heads
     config.progress_bar = False
     config.log_every = 20
     config.checkpoint.every_steps = 100
@@ -140,12 +142,12 @@ def oad(export: pathlib.Path, workdir: pathlib.Path) -> dict:
 
 def run(workdir, *, steps: int = 300, num_frames: int = 8, seed: int | None = None,
         tasks: str = "retrieval,grounding,localization", text_init_scale: float | None = None,
-        text_layers: int | None = None) -> dict:
+        text_layers: int | None = None, text_heads: int | None = None) -> dict:
     from data_pipelines.pipeline.builtin import build_heldout_records
     from streamformer_jax.train import loop
 
     workdir = pathlib.Path(workdir).absolute()
-    config = load_config(steps, num_frames, seed, tasks, text_init_scale, text_layers)
+    config = load_config(steps, num_frames, seed, tasks, text_init_scale, text_layers, text_heads)
     config.builtin_dir = str(workdir / "builtin_data")
     untrained = export_initial(config, workdir / "run", workdir / "untrained")
     summary = loop.train(config, workdir / "run", log=lambda s: None)
@@ -196,9 +198,12 @@ def main(argv=None) -> int:
                    help="init scale of the stand-in text tower (default: the tiny recipe's, 25)")
     p.add_argument("--text-layers", type=int, default=None,
                    help="layers of the stand-in text tower (default: the tiny recipe's, 4)")
+    p.add_argument("--text-heads", type=int, default=None,
+                   help="attention heads of the stand-in text tower (default: the tiny recipe's, 8)")
     args = p.parse_args(argv)
     summary = json.dumps(run(args.workdir, steps=args.steps, num_frames=args.num_frames, seed=args.seed,
-                             tasks=args.tasks, text_init_scale=args.text_init_scale, text_layers=args.text_layers),
+                             tasks=args.tasks, text_init_scale=args.text_init_scale, text_layers=args.text_layers,
+                             text_heads=args.text_heads),
                          indent=2)
     (pathlib.Path(args.workdir) / "summary.json").write_text(summary + "\n")
     print(summary)

@@ -20,7 +20,7 @@ def test_pretrained_tiny_model_beats_chance_on_held_out_data(tmp_path):
     print(json.dumps(s))
     m = s["margins"]
     assert s["steps"] == 300 and s["heldout"]["retrieval_videos"] == 8 and s["heldout"]["grounding_queries"] == 16
-    assert m["retrieval_t2v_R@1"] >= 0.25  # chance 1/8
-    assert min(m[f"grounding_R@0.5_factor_{f}"] for f in (0.5, 0.6, 0.7)) >= 0.4  # random windows 0.185
-    assert m["localization_average_mAP"] >= 0.1  # random segments 0.024; measured 0.192
-    assert m["oad_mAP"] >= 0.5  # random scores 0.122; measured 0.857
+    assert m["retrieval_t2v_R@1"] >= 0.25  # chance 1/8; measured 0.50
+    assert min(m[f"grounding_R@0.5_factor_{f}"] for f in (0.5, 0.6, 0.7)) >= 0.4  # random windows 0.185; got 1.00
+    assert m["localization_average_mAP"] >= 0.1  # random segments 0.024; measured 0.204
+    assert m["oad_mAP"] >= 0.5  # random scores 0.122; measured 1.00
