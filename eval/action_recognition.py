@@ -211,27 +211,15 @@ class ClipClassifier:
     def batch_devices(self) -> int:
         return sharding.batch_devices(self.mesh)  # rows per host must be a multiple of it
 
-    def _put(self, frames: np.ndarray):
-        return jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh, frames.ndim), frames)
-
-    @staticmethod
-    def _local(x) -> np.ndarray:
-        shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-        rows, seen = [], set()
-        for s in shards:  # replicated axes give several shards with the same rows
-            key = s.index[0].start or 0
-            if key not in seen:
-                seen.add(key)
-                rows.append(np.asarray(s.data))
-        return np.concatenate(rows).astype(np.float32)
-
     def features(self, frames: np.ndarray) -> np.ndarray:
-        return self._local(self._feats(self._state, self._put(frames)))
+        feats = self._feats(self._state, sharding.from_host_rows(frames, self.mesh))
+        return sharding.host_rows(feats).astype(np.float32)
 
     def probs(self, frames: np.ndarray) -> np.ndarray:
         if self.head is None:
             raise ValueError("no classification head: train one (linear probe) or load one")
-        return self._local(self._probs(self.head, self._feats(self._state, self._put(frames))))
+        probs = self._probs(self.head, self._feats(self._state, sharding.from_host_rows(frames, self.mesh)))
+        return sharding.host_rows(probs).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------------------------- evaluation

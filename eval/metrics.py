@@ -4,21 +4,17 @@ Classification (action recognition)
     topk_accuracy(scores, labels, ks, mask)          top-k accuracy, padded rows masked out
 Online action detection (MAT/LSTR rules, spec §7.2)
     average_precision(y_true, y_score)               = sklearn.metrics.average_precision_score
-    calibrated_average_precision(y_true, y_score)    TVSeries cAP (LSTR's calibrated precision)
+    calibrated_average_precision(y_true, y_score)    TVSeries cAP (LSTR's, NumPy's default sort for ties)
     perframe_map(targets, scores, ...)               per-frame (c)mAP, ambiguous frames removed, background out
-Retrieval
-    cosine_similarity(a, b)                          embeddings -> similarities (text embeddings are inputs)
-    retrieval_ranks / retrieval_recall(sim, ...)     text->video and video->text R@1/5/10, median rank
-Temporal grounding
-    temporal_iou, window_from_scores, grounding_metrics   R@{0.3,0.5,0.7}, mIoU from per-frame similarities
-Temporal action localization
-    segments_from_scores, detection_ap, localization_map  ActivityNet-style mAP at tIoU thresholds
+Retrieval, temporal grounding and localization (the zero-shot metrics of the pretraining tasks):
+    `streamformer_jax.zero_shot.metrics`.
 
-Conventions: `scores` are higher-is-better; ties are resolved as stated per function.
+Conventions: `scores` are higher-is-better; ties are resolved as stated per function (where the original
+sorts with NumPy's default, unstable sort, so do we, with the same call on the same array).
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -75,23 +71,26 @@ def average_precision(y_true, y_score) -> float:
 
 
 def calibrated_average_precision(y_true, y_score) -> float:
-    """TVSeries calibrated AP (LSTR `calibrated_average_precision_score`).
+    """TVSeries calibrated AP, as LSTR/MAT's `calibrated_average_precision_score`.
 
-    Frames sorted by decreasing score (stable for ties); w = #negatives / #positives;
-    cPrec_i = TP_i / (TP_i + FP_i / w); cAP = mean of cPrec at the positive positions. With w = 1
-    (balanced) it equals plain AP computed position by position.
+    Frames are ordered by `np.argsort(-y_score)` (NumPy's default sort, not stable: tied scores come out in
+    the order that call gives, as in the original, so `y_score` keeps its dtype); w = #negatives / #positives;
+    cPrec_i = TP_i / (TP_i + FP_i / w); cAP = mean of cPrec at the positive positions. NaN without positives.
     """
-    y_true = np.asarray(y_true).astype(bool).ravel()
-    y_score = np.asarray(y_score, np.float64).ravel()
-    n_pos = int(y_true.sum())
+    y_true = np.asarray(y_true).ravel()
+    y_score = np.asarray(y_score).ravel()
+    if y_true.shape != y_score.shape:
+        raise ValueError(f"shape mismatch {y_true.shape} vs {y_score.shape}")
+    tp = y_true[np.argsort(-y_score)].astype(np.float64)
+    n_pos = tp.sum()
     if n_pos == 0:
         return float("nan")
-    t = y_true[np.argsort(-y_score, kind="stable")].astype(np.float64)
-    tps, fps = np.cumsum(t), np.cumsum(1.0 - t)
+    fp = np.abs(tp - 1)
+    tps, fps = np.cumsum(tp), np.cumsum(fp)
     eps = np.finfo(np.float64).eps
-    ratio = (len(t) - n_pos) / n_pos
+    ratio = np.sum(tp == 0) / n_pos
     cprec = tps / (tps + fps / (ratio + eps) + eps)
-    return float(np.sum(cprec[t == 1]) / n_pos)
+    return float(np.sum(cprec[tp == 1]) / n_pos)
 
 
 def _one_hot(targets, num_classes: int) -> np.ndarray:
@@ -107,12 +106,15 @@ def perframe_map(targets, scores, *, metric: str = "AP", background: int | None 
                  ambiguous: int | None = None, class_names: Sequence[str] | None = None) -> dict:
     """Per-frame mAP (THUMOS'14, metric="AP") or mcAP (TVSeries, metric="cAP"), MAT/LSTR rules.
 
-    targets: int [N] class per frame or multi-hot [N, C]; scores: [N, C] (softmax probabilities).
+    targets: int [N] class per frame or multi-hot [N, C]; scores: [N, C] (softmax probabilities, dtype kept:
+    the cAP order of tied scores depends on it, as in the original which sorts the array it was given).
     1. Frames whose ground truth includes the `ambiguous` class (THUMOS: 21) are removed.
     2. AP is computed per class, except `background` (0) and `ambiguous`, for classes with >= 1 positive.
     3. The result is their mean. Returns {"mean_AP": float, "per_class_AP": {name: AP}, "num_frames": int}.
     """
-    scores = np.asarray(scores, np.float64)
+    scores = np.asarray(scores)
+    if not np.issubdtype(scores.dtype, np.floating):
+        scores = scores.astype(np.float64)
     gt = _one_hot(targets, scores.shape[1])
     if gt.shape != scores.shape:
         raise ValueError(f"targets {gt.shape} and scores {scores.shape} disagree")
@@ -129,208 +131,6 @@ def perframe_map(targets, scores, *, metric: str = "AP", background: int | None 
         per_class[names[c]] = score_fn(gt[:, c], scores[:, c])
     return {"mean_AP": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
             "per_class_AP": per_class, "num_frames": int(len(gt))}
-
-
-# ------------------------------------------------------------------------------------------------- retrieval
-
-
-def cosine_similarity(a, b) -> np.ndarray:
-    """[..., D] x [M, D] -> [..., M] cosine similarities (e.g. per-frame video embeddings vs a text embedding)."""
-    a = np.asarray(a, np.float64)
-    b = np.atleast_2d(np.asarray(b, np.float64))
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-    return a @ b.T
-
-
-def retrieval_ranks(sim, gt=None) -> np.ndarray:
-    """1-based rank of the correct column for each row of `sim` [Q, G].
-
-    gt: for each row the correct column (default: the diagonal), or a list of sets/sequences of correct
-    columns (the best-ranked one counts). rank = 1 + number of columns scoring strictly higher than the
-    (best) correct one, so ties are resolved in the query's favour.
-    """
-    sim = np.asarray(sim, np.float64)
-    if sim.ndim != 2:
-        raise ValueError(f"sim must be [queries, gallery], got {sim.shape}")
-    if gt is None:
-        if sim.shape[0] != sim.shape[1]:
-            raise ValueError("a non-square similarity needs an explicit gt mapping")
-        gt = [[i] for i in range(sim.shape[0])]
-    ranks = np.empty(sim.shape[0], np.int64)
-    for q, cols in enumerate(gt):
-        cols = np.atleast_1d(np.asarray(cols if not isinstance(cols, (set, frozenset)) else sorted(cols)))
-        best = sim[q, cols].max()
-        ranks[q] = 1 + int(np.sum(sim[q] > best))
-    return ranks
-
-
-def recall_at_k(ranks, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    ranks = np.asarray(ranks)
-    out = {f"R@{k}": float(np.mean(ranks <= k)) for k in ks}
-    out["MdR"] = float(np.median(ranks))
-    out["MnR"] = float(np.mean(ranks))
-    return out
-
-
-def retrieval_recall(text_emb, video_emb, text_to_video=None, ks: Sequence[int] = (1, 5, 10),
-                     normalize: bool = True) -> dict[str, dict[str, float]]:
-    """Text->video and video->text recall@k from embeddings (cosine similarity when normalize=True).
-
-    text_emb [Nt, D], video_emb [Nv, D]; text_to_video[i] = the video of caption i (default: i, Nt == Nv).
-    Video->text: a video's rank is that of its best-ranked caption.
-    """
-    t = np.asarray(text_emb, np.float64)
-    v = np.asarray(video_emb, np.float64)
-    if normalize:
-        t = t / np.linalg.norm(t, axis=-1, keepdims=True)
-        v = v / np.linalg.norm(v, axis=-1, keepdims=True)
-    sim = t @ v.T  # [Nt, Nv]
-    t2v = np.arange(len(t)) if text_to_video is None else np.asarray(text_to_video)
-    captions = [np.flatnonzero(t2v == j) for j in range(len(v))]
-    if any(len(c) == 0 for c in captions):
-        raise ValueError("every video needs at least one caption")
-    return {"t2v": recall_at_k(retrieval_ranks(sim, t2v[:, None]), ks),
-            "v2t": recall_at_k(retrieval_ranks(sim.T, captions), ks)}
-
-
-# ------------------------------------------------------------------------------------------------- grounding
-
-
-def temporal_iou(a, b) -> np.ndarray:
-    """IoU of [start, end] windows; a [..., 2] and b [..., 2] broadcast. Empty unions give 0."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    inter = np.clip(np.minimum(a[..., 1], b[..., 1]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    union = (a[..., 1] - a[..., 0]) + (b[..., 1] - b[..., 0]) - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def window_from_scores(scores, times, threshold: float | None = None, frame_duration: float | None = None):
-    """Predicted [start, end] (seconds) from per-frame query similarities.
-
-    The window is the contiguous run of frames maximising sum(score - threshold) (maximum subarray;
-    threshold default: the mean score of the video). Frame i covers [times[i], times[i] + frame_duration)
-    (default duration: the median frame spacing). If no frame exceeds the threshold, the single best frame.
-    """
-    s = np.asarray(scores, np.float64)
-    times = np.asarray(times, np.float64)
-    if s.shape != times.shape or s.ndim != 1 or len(s) == 0:
-        raise ValueError("scores and times must be 1-D of the same non-zero length")
-    thr = float(s.mean()) if threshold is None else float(threshold)
-    dur = float(np.median(np.diff(times))) if frame_duration is None and len(times) > 1 else (frame_duration or 1.0)
-    x = s - thr
-    best, best_range = -np.inf, (int(np.argmax(s)), int(np.argmax(s)))
-    run, start = 0.0, 0
-    for i, v in enumerate(x):
-        if run <= 0:
-            run, start = v, i
-        else:
-            run += v
-        if run > best:
-            best, best_range = run, (start, i)
-    i0, i1 = best_range
-    return float(times[i0]), float(times[i1] + dur)
-
-
-def grounding_metrics(pred_windows, gt_windows, thresholds: Sequence[float] = (0.3, 0.5, 0.7)) -> dict[str, float]:
-    """R@1 at IoU >= m (fraction of queries) and mIoU; pred/gt [Q, 2] in seconds."""
-    iou = temporal_iou(np.asarray(pred_windows, np.float64), np.asarray(gt_windows, np.float64))
-    out = {f"R@1,IoU={m}": float(np.mean(iou >= m - 1e-12)) for m in thresholds}
-    out["mIoU"] = float(np.mean(iou))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- localization
-
-
-def segments_from_scores(scores, times, threshold: float = 0.5, frame_duration: float | None = None,
-                         background: int | None = None) -> list[tuple[int, float, float, float]]:
-    """Per-frame class scores [T, C] -> detections (class, start, end, score).
-
-    For each class (except `background`), each maximal run of frames with score >= threshold becomes one
-    segment [times[first], times[last] + frame_duration) scored by the mean score over the run.
-    """
-    s = np.asarray(scores, np.float64)
-    times = np.asarray(times, np.float64)
-    dur = float(np.median(np.diff(times))) if frame_duration is None and len(times) > 1 else (frame_duration or 1.0)
-    out = []
-    for c in range(s.shape[1]):
-        if c == background:
-            continue
-        on = np.r_[False, s[:, c] >= threshold, False]
-        edges = np.flatnonzero(np.diff(on.astype(np.int8)))
-        for a, b in zip(edges[::2], edges[1::2]):  # frames [a, b)
-            out.append((c, float(times[a]), float(times[b - 1] + dur), float(s[a:b, c].mean())))
-    return out
-
-
-def _interpolated_ap(precision: np.ndarray, recall: np.ndarray) -> float:
-    """ActivityNet's `interpolated_prec_rec`: area under the monotone precision envelope."""
-    mprec = np.r_[0.0, precision, 0.0]
-    mrec = np.r_[0.0, recall, 1.0]
-    for i in range(len(mprec) - 2, -1, -1):
-        mprec[i] = max(mprec[i], mprec[i + 1])
-    idx = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
-    return float(np.sum((mrec[idx] - mrec[idx - 1]) * mprec[idx]))
-
-
-def detection_ap(predictions: Sequence[tuple], ground_truth: Sequence[tuple], tiou: float) -> float:
-    """AP of one class at one tIoU threshold (ActivityNet `compute_average_precision_detection`).
-
-    predictions: (video_id, start, end, score); ground_truth: (video_id, start, end). Predictions are taken
-    in decreasing score order (stable); each is a true positive if its best-IoU still unmatched GT segment of
-    the same video has tIoU >= tiou (GT tried in decreasing IoU), else a false positive. Precision is
-    interpolated (monotone envelope). NaN when there is no ground truth.
-    """
-    if not ground_truth:
-        return float("nan")
-    if not predictions:
-        return 0.0
-    preds = sorted(predictions, key=lambda p: -p[3])  # sorted() is stable
-    gt_by_video: dict = {}
-    for k, (vid, s, e) in enumerate(ground_truth):
-        gt_by_video.setdefault(vid, []).append((k, s, e))
-    used = np.zeros(len(ground_truth), bool)
-    tp = np.zeros(len(preds))
-    for i, (vid, s, e, _) in enumerate(preds):
-        cands = gt_by_video.get(vid, [])
-        if not cands:
-            continue
-        ious = temporal_iou(np.array([s, e]), np.array([[gs, ge] for _, gs, ge in cands]))
-        for j in np.argsort(-ious, kind="stable"):
-            if ious[j] < tiou:
-                break
-            k = cands[j][0]
-            if not used[k]:
-                used[k] = True
-                tp[i] = 1
-                break
-    ctp = np.cumsum(tp)
-    cfp = np.cumsum(1 - tp)
-    return _interpolated_ap(ctp / (ctp + cfp), ctp / len(ground_truth))
-
-
-def localization_map(predictions: Iterable[tuple], ground_truth: Iterable[tuple],
-                     tious: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7)) -> dict:
-    """Temporal action localization mAP per tIoU and averaged.
-
-    predictions: (video_id, class, start, end, score); ground_truth: (video_id, class, start, end).
-    Classes without ground truth are skipped. Returns {"mAP@{t}": ..., "average_mAP": ..., "per_class": ...}.
-    """
-    predictions, ground_truth = list(predictions), list(ground_truth)
-    classes = sorted({g[1] for g in ground_truth})
-    out: dict = {"per_class": {}}
-    maps = []
-    for t in tious:
-        aps = {}
-        for c in classes:
-            aps[c] = detection_ap([(v, s, e, sc) for v, cc, s, e, sc in predictions if cc == c],
-                                  [(v, s, e) for v, cc, s, e in ground_truth if cc == c], t)
-        out["per_class"][f"{t}"] = aps
-        out[f"mAP@{t}"] = float(np.mean(list(aps.values())))
-        maps.append(out[f"mAP@{t}"])
-    out["average_mAP"] = float(np.mean(maps))
-    return out
 
 
 def summarize(metrics: Mapping) -> str:

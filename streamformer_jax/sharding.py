@@ -91,3 +91,20 @@ def batch_devices(mesh: Mesh, axes: Sequence[str] = BATCH_AXES) -> int:
     """Devices of this process along the batch axes: a host's rows must be a multiple of it."""
     n = int(np.prod([mesh.shape[a] for a in axes]))
     return max(1, n // jax.process_count())
+
+
+def from_host_rows(rows: np.ndarray, mesh: Mesh, axes: Sequence[str] = BATCH_AXES) -> jax.Array:
+    """This process's rows of a batch (a multiple of `batch_devices`) -> the global array split over `axes`."""
+    return jax.make_array_from_process_local_data(batch_sharding(mesh, rows.ndim, axes), rows)
+
+
+def host_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-split global array, in order, each once (replicated axes hold the same rows
+    on several devices)."""
+    rows, seen = [], set()
+    for s in sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0):
+        start = s.index[0].start or 0
+        if start not in seen:
+            seen.add(start)
+            rows.append(np.asarray(s.data))
+    return np.concatenate(rows)

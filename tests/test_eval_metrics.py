@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from eval import metrics as M
+from streamformer_jax.zero_shot import metrics as ZM
 
 
 def test_topk_accuracy_masks_padded_rows():
@@ -91,30 +92,30 @@ def test_retrieval_recall_hand_computed():
     text = np.array([[1.0, 0.0, 0.0],   # caption 0 -> video 0: rank 1
                      [0.0, 0.2, 0.9],   # caption 1 -> video 1 (0.2); video 2 scores 0.9 higher: rank 2
                      [0.0, 0.5, 0.1]])  # caption 2 -> video 2 (0.1); video 1 higher: rank 2
-    out = M.retrieval_recall(text, video, ks=(1, 2), normalize=False)  # sim = text @ I = text
+    out = ZM.retrieval_recall(text, video, ks=(1, 2), normalize=False)  # sim = text @ I = text
     assert out["t2v"]["R@1"] == pytest.approx(1 / 3) and out["t2v"]["R@2"] == 1.0
     # v2t = columns: video 1 sees captions (0, 0.2, 0.5) -> rank 2; video 2 sees (0, 0.9, 0.1) -> rank 2
     assert out["v2t"]["R@1"] == pytest.approx(1 / 3) and out["v2t"]["MdR"] == 2.0
     # two videos; captions 1 and 2 both describe video 1. v2t: video 0 over captions (1, 0, 0): its caption 0
     # is top -> rank 1; video 1 over captions (0, .2, .5): its best caption (.5) is top -> rank 1
-    out = M.retrieval_recall(text[:, :2], video[:2, :2], text_to_video=[0, 1, 1], ks=(1,), normalize=False)
+    out = ZM.retrieval_recall(text[:, :2], video[:2, :2], text_to_video=[0, 1, 1], ks=(1,), normalize=False)
     assert out["v2t"]["R@1"] == 1.0
     # t2v: caption 1 row (0, .2): rank 1; caption 2 row (0, .5): rank 1; caption 0 row (1, 0): rank 1
     assert out["t2v"]["R@1"] == 1.0
-    ranks = M.retrieval_ranks(np.array([[0.1, 0.3, 0.2], [0.5, 0.5, 0.1]]), [[0], [1]])
+    ranks = ZM.retrieval_ranks(np.array([[0.1, 0.3, 0.2], [0.5, 0.5, 0.1]]), [[0], [1]])
     assert ranks.tolist() == [3, 1]  # 0.1 has two higher; 0.5 tied with 0.5 is not higher
 
 
 def test_temporal_iou_and_grounding_hand_computed():
-    assert M.temporal_iou([2, 4], [2.5, 4.5]) == pytest.approx(1.5 / 2.5)  # inter [2.5,4]=1.5, union 2+2-1.5
-    assert M.temporal_iou([0, 1], [2, 3]) == 0.0
+    assert ZM.temporal_iou([2, 4], [2.5, 4.5]) == pytest.approx(1.5 / 2.5)  # inter [2.5,4]=1.5, union 2+2-1.5
+    assert ZM.temporal_iou([0, 1], [2, 3]) == 0.0
     # scores - 0.5 = [-.5 -.5 .5 .5 -.5 .5 -.5 -.5]: best run frames 2..3 (sum 1; 2..5 ties, first kept)
     times = np.arange(8.0)
-    win = M.window_from_scores([0, 0, 1, 1, 0, 1, 0, 0], times, threshold=0.5)
+    win = ZM.window_from_scores([0, 0, 1, 1, 0, 1, 0, 0], times, threshold=0.5)
     assert win == (2.0, 4.0)  # frame 3 covers [3, 4)
     preds = [win, (0.0, 1.0), (1.0, 3.0)]
     gts = [(2.5, 4.5), (0.0, 4.0), (1.0, 3.0)]  # IoUs 0.6, 0.25, 1.0
-    out = M.grounding_metrics(preds, gts)
+    out = ZM.grounding_metrics(preds, gts)
     assert out["R@1,IoU=0.3"] == pytest.approx(2 / 3)
     assert out["R@1,IoU=0.5"] == pytest.approx(2 / 3)
     assert out["R@1,IoU=0.7"] == pytest.approx(1 / 3)
@@ -125,7 +126,7 @@ def test_segments_from_scores_hand_computed():
     scores = np.zeros((5, 2))
     scores[:, 0] = 1.0  # background: skipped
     scores[:, 1] = [0.1, 0.6, 0.7, 0.2, 0.9]
-    segs = M.segments_from_scores(scores, np.arange(5) * 0.5, threshold=0.5, background=0)
+    segs = ZM.segments_from_scores(scores, np.arange(5) * 0.5, threshold=0.5, background=0)
     # runs of class 1 >= .5: frames [1, 3) -> [0.5, 1.0 + 0.5), mean .65; frame 4 -> [2.0, 2.5), .9
     assert segs == [(1, 0.5, 1.5, pytest.approx(0.65)), (1, 2.0, 2.5, pytest.approx(0.9))]
 
@@ -137,7 +138,7 @@ def test_localization_map_hand_computed():
              ("v1", 0, 0, 10, 0.7),    # duplicate of an already matched GT -> FP
              ("v2", 0, 0, 5, 0.95),    # no class-0 GT in v2 -> FP
              ("v2", 1, 0, 4, 0.5)]     # perfect
-    out = M.localization_map(preds, gt, tious=(0.5, 0.7))
+    out = ZM.localization_map(preds, gt, tious=(0.5, 0.7))
     # class 0 @0.5: order FP TP TP FP -> P (0, .5, .667, .5), R (0, .5, 1, 1);
     #   envelope: .667 on both recall steps (0->.5, .5->1) -> AP = .5*.667 + .5*.667 = 0.6667
     # class 0 @0.7: the 0.6 match is now FP: order FP TP FP FP -> P (0, .5, .333, .25), R (0, .5, .5, .5)
@@ -154,8 +155,8 @@ def test_grounding_from_embeddings_end_to_end():
     # frames 0..5 with 2-d embeddings; the text points along x; frames 2, 3 align with it (cos 1), others
     # are orthogonal (cos 0) -> similarities [0 0 1 1 0 0], threshold = mean = 1/3 -> window frames 2..3
     frames = np.array([[0, 1], [0, 2], [3, 0], [1, 0], [0, 1], [0, 5]], float)
-    sim = M.cosine_similarity(frames, [2.0, 0.0])[:, 0]
+    sim = ZM.cosine_similarity(frames, [2.0, 0.0])[:, 0]
     assert sim.tolist() == [0, 0, 1, 1, 0, 0]
-    win = M.window_from_scores(sim, np.arange(6) * 0.5)
+    win = ZM.window_from_scores(sim, np.arange(6) * 0.5)
     assert win == (1.0, 2.0)  # frame 2 starts at 1.0 s, frame 3 ends at 1.5 + 0.5
-    assert M.grounding_metrics([win], [(1.0, 2.0)])["mIoU"] == 1.0
+    assert ZM.grounding_metrics([win], [(1.0, 2.0)])["mIoU"] == 1.0

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import pathlib
 from fractions import Fraction
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import av
 import numpy as np
@@ -35,7 +35,9 @@ def _square(i: int, n: int, width: int, height: int, reverse: bool) -> tuple[int
     return (height - side) // 2, (width - side - x) if reverse else x, side
 
 
-def _render(i: int, n: int, size: tuple[int, int], colour, reverse: bool, visible: bool) -> np.ndarray:
+def render_frame(i: int, n: int, size: tuple[int, int], colour, reverse: bool, visible: bool) -> np.ndarray:
+    """Frame i of n (uint8 [H, W, 3], size = (width, height)): a horizontal gradient and, when `visible`, the
+    square in `colour` at its place on the way across."""
     width, height = size
     img = np.empty((height, width, 3), np.uint8)
     img[:] = (np.linspace(60, 140, width)[None, :, None]).astype(np.uint8)  # A gradient, not a flat frame.
@@ -45,8 +47,8 @@ def _render(i: int, n: int, size: tuple[int, int], colour, reverse: bool, visibl
     return img
 
 
-def write_clip(path, n: int, size: tuple[int, int], fps: int, colour, reverse: bool, window: tuple[int, int]):
-    """Encode one synthetic clip with PyAV; the square shows in frames [window[0], window[1])."""
+def encode_video(path, frames: Iterable[np.ndarray], size: tuple[int, int], fps: int) -> pathlib.Path:
+    """Encode RGB frames of `size` = (width, height) as an MPEG-4 file at `fps` with PyAV."""
     path = pathlib.Path(path)
     rate = Fraction(fps)
     with av.open(str(path), "w") as out:
@@ -54,13 +56,18 @@ def write_clip(path, n: int, size: tuple[int, int], fps: int, colour, reverse: b
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
         stream.time_base = 1 / rate
         stream.options = {"qscale": "3"}
-        for i in range(n):
-            rgb = _render(i, n, size, colour, reverse, window[0] <= i < window[1])
+        for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = i
             out.mux(stream.encode(frame))
         out.mux(stream.encode())
     return path
+
+
+def write_clip(path, n: int, size: tuple[int, int], fps: int, colour, reverse: bool, window: tuple[int, int]):
+    """Encode one synthetic clip with PyAV; the square shows in frames [window[0], window[1])."""
+    frames = (render_frame(i, n, size, colour, reverse, window[0] <= i < window[1]) for i in range(n))
+    return encode_video(path, frames, size, fps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +104,15 @@ class BuiltinClip:
         return masks
 
 
-def _example(spec, vid: str, times: np.ndarray, frames: np.ndarray, clip: BuiltinClip) -> dict:
+def clip_example(task: str, vid: str, clip: BuiltinClip, video_dir, colour=None) -> dict:
+    """Encode `clip` as `video_dir/<vid>.mp4` (the square in `colour`, default its class colour), decode it back
+    (a real decode of the compressed clip) and return its record example: the common fields and the task's
+    built-in fields (`TaskSpec.builtin_fields`)."""
+    spec = registry.get(task)
+    colour = COLOURS[clip.class_name] if colour is None else colour
+    path = write_clip(pathlib.Path(video_dir) / f"{vid}.mp4", clip.num_frames, clip.size, clip.fps, colour,
+                      clip.reverse, clip.window)
+    times, frames = video.read_video(path)
     h, w = frames.shape[1:3]
     ex = dict(task=spec.name, video_id=vid, frames=[jpeg.encode_jpeg(f) for f in frames], frame_times=times,
               fps=float(clip.fps), source_fps=float(clip.fps), height=h, width=w,
@@ -136,12 +151,63 @@ def build_builtin_dataset(
             cls, reverse = i % len(CLASS_NAMES), bool((i // 2) % 2)
             start = 0 if spec.builtin_whole_clip else (3 * i + ti) % (num_frames // 2)
             window = (0, num_frames) if spec.builtin_whole_clip else (start, start + num_frames // 3)
-            vid = f"{task}_{i:03d}"
-            path = write_clip(out / "videos" / f"{vid}.mp4", num_frames, size, fps, COLOURS[CLASS_NAMES[cls]],
-                              reverse, window)
-            times, frames = video.read_video(path)  # Real decode of the compressed clip.
             clip = BuiltinClip(num_frames, size, fps, cls, reverse, window)
-            records.append(schema.encode_record(_example(spec, vid, times, frames, clip)))
+            records.append(schema.encode_record(clip_example(task, f"{task}_{i:03d}", clip, out / "videos")))
         sources.write_task_records(dirs[task], task, records, fmt=fmt, class_names=spec.builtin_class_names)
     marker.write_text(json.dumps(settings))
+    return dirs
+
+
+# ------------------------------------------------------------------------------------------- held-out clips
+def random_geometry(rng: np.random.Generator) -> tuple[tuple[int, int], int]:
+    """((width, height), frames) of a held-out clip: even sizes (yuv420p) 64..128 x 48..96, 24..56 frames."""
+    width, height = 2 * int(rng.integers(32, 65)), 2 * int(rng.integers(24, 49))
+    return (width, height), int(rng.integers(24, 57))
+
+
+def jittered_colour(cls: int, rng: np.random.Generator, jitter: int) -> tuple[int, int, int]:
+    """A shade of class `cls`'s colour: each RGB channel moved by up to `jitter`."""
+    shade = np.clip(np.array(COLOURS[CLASS_NAMES[cls]]) + rng.integers(-jitter, jitter + 1, 3), 0, 255)
+    return tuple(int(c) for c in shade)
+
+
+def build_heldout_records(out_dir, tasks: Sequence[str], *, per_class: int = 4, seed: int = 2,
+                          colour_jitter: int = 20, fps: int = 8) -> dict[str, pathlib.Path]:
+    """Records of clips the built-in dataset does not hold, for evaluating a model trained on it:
+    `out_dir/records/<task>/` (ArrayRecord + metadata.json) and their videos in `out_dir/videos/`.
+
+    Every clip draws (from `seed`) its own frame size, length and shade of its class colour (`random_geometry`,
+    `jittered_colour`). A task whose built-in window is the whole clip (retrieval) gets one clip per (colour,
+    direction) pair, with only its first caption, the one that tells it apart ("a red square moving left to
+    right"): chance R@1 = 1 / 8 with the default classes. Other tasks (grounding, localization) get `per_class`
+    clips per colour, the square visible only inside a random window of 25-45 % of the clip; their annotations
+    are the task's built-in fields of that window.
+    """
+    rng = np.random.default_rng(seed)
+    out = pathlib.Path(out_dir)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    dirs = {}
+    for task in tasks:
+        spec = registry.get(task)
+        if spec.builtin_whole_clip:
+            plan = [(c, r) for c in range(len(CLASS_NAMES)) for r in (False, True)]
+        else:
+            plan = [(i % len(CLASS_NAMES), bool(rng.integers(2))) for i in range(per_class * len(CLASS_NAMES))]
+        records = []
+        for i, (cls, reverse) in enumerate(plan):
+            size, frames = random_geometry(rng)
+            colour = jittered_colour(cls, rng, colour_jitter)
+            if spec.builtin_whole_clip:
+                window = (0, frames)
+            else:
+                length = int(round(frames * rng.uniform(0.25, 0.45)))
+                start = int(rng.integers(0, frames - length + 1))
+                window = (start, start + length)
+            clip = BuiltinClip(frames, size, fps, cls, reverse, window)
+            ex = clip_example(task, f"heldout_{task}_{i:03d}", clip, out / "videos", colour)
+            if spec.builtin_whole_clip and "captions" in ex:
+                ex["captions"] = ex["captions"][:1]
+            records.append(schema.encode_record(ex))
+        dirs[task] = sources.write_task_records(out / "records" / task, task, records,
+                                                class_names=spec.builtin_class_names)
     return dirs

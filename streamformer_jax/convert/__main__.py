@@ -21,7 +21,7 @@ from streamformer_jax.convert.pretrain import (ConversionError, extras_path, inf
                                                read_extras, read_safetensors_dir, split_backbone, summarize_extras,
                                                write_extras)
 from streamformer_jax.convert.siglip import import_siglip
-from streamformer_jax.models.config import PRESETS, StreamFormerConfig, get_preset
+from streamformer_jax.models.config import OFFICIAL_LORA_RANK, PRESETS, StreamFormerConfig, get_preset
 from streamformer_jax.models.streamformer import init_model
 from streamformer_jax.param_tree import flat_params
 
@@ -116,7 +116,9 @@ def cmd_import_pytorch(args) -> int:
         if config is None:
             config, notes = infer_config({k: tuple(v.shape) for k, v in backbone.items()}, args.num_heads)
             print("config inferred from the tensor shapes (pass --config CONFIG_JSON to set it):")
-            print(json.dumps(config.to_hf_dict(), indent=2, sort_keys=True))
+            # (a LoRA rank other than the official 32, e.g. from a small model trained here, has no HF form)
+            print(json.dumps(config.to_hf_dict() if config.lora_rank in (0, OFFICIAL_LORA_RANK)
+                             else config.to_dict(), indent=2, sort_keys=True))
             for n in notes:
                 print(f"  note: {n}")
     else:

@@ -26,7 +26,7 @@ from data_pipelines.pipeline import label_tables, loader, mixture
 from streamformer_jax import sharding
 from streamformer_jax.checkpoint import save_checkpoint
 from streamformer_jax.param_tree import flatten
-from streamformer_jax.train import distributed, flops as flops_lib
+from streamformer_jax.train import distributed, flops as flops_lib, zero_shot_eval
 from streamformer_jax.train.metrics import MetricWriter, StepTimer
 from streamformer_jax.train.model_kinds import build_task_model
 from streamformer_jax.train.state_checkpoints import Checkpointer
@@ -282,9 +282,11 @@ class StepLoop:
     a log line or a checkpoint."""
 
     def __init__(self, setup: Setup, it, preempt: distributed.Preemption, *, stop_at: int | None,
-                 batch_hook: Callable[[int, dict], dict] | None, state_hook: Callable[[int, dict], dict] | None):
+                 batch_hook: Callable[[int, dict], dict] | None, state_hook: Callable[[int, dict], dict] | None,
+                 evaluator=None):
         self.setup, self.it, self.preempt = setup, it, preempt
         self.stop_at, self.batch_hook, self.state_hook = stop_at, batch_hook, state_hook
+        self.evaluator = evaluator  # periodic evaluation: `.every` steps, `evaluator(step, state)` -> metrics
         self.text = sharding.replicate(setup.tm.text, setup.mesh) if setup.tm.text is not None else None
         self.step_flops = flops_lib.train_flops_per_clip(
             setup.tm.backbone, num_frames=setup.data.num_frames, image_size=setup.data.image_size
@@ -314,10 +316,13 @@ class StepLoop:
             stop_now = self.preempt.reached(step) or (self.stop_at is not None and step >= self.stop_at)
             do_log = step % setup.loop.log_every == 0 or last
             will_save = last or stop_now or step % setup.ckpt.every_steps == 0
-            if do_log or will_save:
+            do_eval = self.evaluator is not None and (step % self.evaluator.every == 0 or last)
+            if do_log or will_save or do_eval:
                 self.check_pending()
             if do_log:
                 self._log(step, writer)
+            if do_eval:
+                writer.write(step, self.evaluator(step, state))
             if will_save:
                 setup.ckpt.save(step, state, self.it.get_state(), force=last or stop_now)
             if stop_now and not last:
@@ -379,13 +384,16 @@ class StepLoop:
 # ------------------------------------------------------------------------------------------------- train
 def train(config, workdir: str | pathlib.Path, *, stop_at: int | None = None,
           batch_hook: Callable[[int, dict], dict] | None = None,
-          state_hook: Callable[[int, dict], dict] | None = None, log: Callable[[str], None] | None = None
-          ) -> dict[str, Any]:
+          state_hook: Callable[[int, dict], dict] | None = None, log: Callable[[str], None] | None = None,
+          evaluator: Callable[[Setup], Any] | None = zero_shot_eval.make_evaluator) -> dict[str, Any]:
     """Train until `config.total_steps` (resuming from WORKDIR/checkpoints if any); returns a summary.
 
     stop_at: stop after this step as if preempted (checkpoint, then return); for tests.
     batch_hook(step, batch) -> batch / state_hook(step, state) -> state: run before each optimizer step's
     micro-batches (tests: SIGTERM, NaN injection).
+    evaluator(setup) -> None or a periodic evaluator: `.every` (steps), `evaluator(step, state)` -> metrics logged
+    with the training metrics after every `every`-th step and the last (all processes call it). Default: the
+    zero-shot evaluation of `config.eval_every` (`zero_shot_eval`); None: no evaluation.
     """
     setup = Setup(config, workdir, log)
     # SIGTERM -> all processes stop after the same step (see its doc). Made before the restore and the first step's
@@ -403,7 +411,8 @@ def train(config, workdir: str | pathlib.Path, *, stop_at: int | None = None,
     it = loader.make_train_iterator(setup.data, mesh=setup.mesh, start=int(data_state["next_batch"]))
     writer = MetricWriter(setup.workdir, total_steps=setup.total_steps, start_step=step,
                           progress_bar=setup.loop.progress_bar and jax.process_index() == 0)
-    steps = StepLoop(setup, it, preempt, stop_at=stop_at, batch_hook=batch_hook, state_hook=state_hook)
+    steps = StepLoop(setup, it, preempt, stop_at=stop_at, batch_hook=batch_hook, state_hook=state_hook,
+                     evaluator=evaluator(setup) if evaluator is not None else None)
     try:
         step, state, stopped = steps.run(step, state, writer)
         if stopped == "done" and jax.process_count() == 1:  # phase 7

@@ -26,9 +26,10 @@ from streamformer_jax.models.params import model_from_flat_params
 from streamformer_jax.param_tree import flat_params
 from streamformer_jax.tasks import registry
 from streamformer_jax.tasks.model import MultiTaskModel, build_label_embeddings, task_loss
-from streamformer_jax.text.model import SiglipTextConfig, init_text_model, load_text_model
+from streamformer_jax.text.model import SiglipTextConfig, init_text_model, load_text_model, text_model_from_flat
 from streamformer_jax.text.tokenizer import load_tokenizer
 from streamformer_jax.train import param_groups
+from streamformer_jax.train.pretrain_export import write_pretrain_export
 from streamformer_jax.train.task_model import ModelSettings, TaskModel
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -72,7 +73,13 @@ def _random_tower(settings: ModelSettings):
     text_cfg = SiglipTextConfig(vocab_size=r.vocab_size, hidden_size=d, intermediate_size=r.mlp_size or 2 * d,
                                 num_hidden_layers=r.num_layers, num_attention_heads=r.num_heads,
                                 max_position_embeddings=text.max_length, projection_size=bb.hidden_size)
-    return init_text_model(text_cfg, seed=text.seed)
+    tower = init_text_model(text_cfg, seed=text.seed)
+    scale = float(r.get("init_scale", 1.0))
+    if scale != 1.0:  # larger random weights: captions get distinct embeddings (see configs/common.py)
+        flat = {k: np.asarray(v) * (scale if k.endswith(("kernel", "embedding")) else 1.0)
+                for k, v in flat_params(tower).items()}
+        tower = text_model_from_flat(text_cfg, flat)
+    return tower
 
 
 def build(settings: ModelSettings, class_names: Mapping[str, list[str] | dict[str, list[str]]]) -> TaskModel:
@@ -117,6 +124,18 @@ def build(settings: ModelSettings, class_names: Mapping[str, list[str] | dict[st
     names = list(flat_params(model))
     trainable = param_groups.trainable_by_mode(names, settings.trainable)
     decay = param_groups.weight_decay_mask(names)
+    # The original wrapper's own (dead) logit scalars keep the heads' initial values (spec §10.10).
+    first_head = model.heads[tasks[0]]
+    wrapper_scalars = (float(np.asarray(first_head.logit_scale[...])), float(np.asarray(first_head.logit_bias[...])))
+
+    def export(flat, out_dir):
+        """Heads, text tower and tokenizer beside the exported backbone (`train.pretrain_export`)."""
+        write_pretrain_export(out_dir, flat, tasks=tasks, backbone_config=bb.replace(dtype="float32"),
+                              text_config=model.text_encoder.config if model.text_encoder is not None else None,
+                              tokenizer=tokenizer, label_sets={t: class_names[t] for t in tasks},
+                              wrapper_logit_scale=wrapper_scalars[0], wrapper_logit_bias=wrapper_scalars[1])
+
     return TaskModel(model=model, loss=task_loss, trainable=lambda n: trainable.get(n, False),
-                     decay=lambda n: decay.get(n, True), backbone=bb, text=text, prepare_batch=prepare_batch)
+                     decay=lambda n: decay.get(n, True), backbone=bb, text=text, prepare_batch=prepare_batch,
+                     export=export, tokenizer=tokenizer)
 

@@ -60,6 +60,8 @@ class TaskModel:
     backbone: the backbone's architecture (for the FLOP count).
     export: `export(flat, out_dir)` writes what evaluation needs beside the backbone checkpoint that the trainer
       exports to `out_dir` (e.g. a classifier head); `flat` holds every parameter by dotted name.
+    tokenizer: the text tokenizer the run encodes captions with (callable texts -> int32 [N, L]), if any
+      (periodic zero-shot evaluation encodes its queries with it).
     """
 
     model: nnx.Module
@@ -70,6 +72,7 @@ class TaskModel:
     text: Any = None
     prepare_batch: Callable[[dict], dict] | None = None
     export: Callable[[Mapping[str, Any], Any], None] | None = None
+    tokenizer: Any = None
 
 
 def apply_remat(model: nnx.Module, name: str) -> nnx.Module:
