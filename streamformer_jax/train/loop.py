@@ -31,10 +31,12 @@ class NonFiniteLossError(FloatingPointError):
 
 
 # ------------------------------------------------------------------------------------------------- mesh
-def make_mesh(mesh_cfg) -> jax.sharding.Mesh:
-    """(data, fsdp, tensor) over all devices; at most one axis may be -1 (takes the remaining devices)."""
+def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
+    """(data, fsdp, tensor) over all devices (or `devices`, e.g. a TPU topology's compile-only devices); at most
+    one axis may be -1 (takes the remaining devices)."""
     sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.tensor)]
-    n = jax.device_count()
+    devices = jax.devices() if devices is None else list(devices)
+    n = len(devices)
     if sizes.count(-1) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
     if -1 in sizes:
@@ -42,7 +44,7 @@ def make_mesh(mesh_cfg) -> jax.sharding.Mesh:
         if n % known:
             raise ValueError(f"{n} devices cannot be split into a mesh of {sizes}")
         sizes[sizes.index(-1)] = n // known
-    return sharding_lib.make_mesh(*sizes)
+    return sharding_lib.make_mesh(*sizes, devices=devices)
 
 
 # ------------------------------------------------------------------------------------------------- data

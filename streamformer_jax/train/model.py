@@ -62,13 +62,14 @@ def register_model_kind(name: str, builder: Callable[..., TaskModel]) -> None:
     _KINDS[name] = builder
 
 
-def build_task_model(config, class_names: Mapping[str, list[str]]) -> TaskModel:
+def build_task_model(config, class_names: Mapping[str, list[str]], **options) -> TaskModel:
+    """options: passed to the kind's builder (e.g. `abstract_text=` for a shape-only multitask model)."""
     kind = config.model.kind
     if kind not in _KINDS and kind in _BUILTIN_KIND_MODULES:
         importlib.import_module(_BUILTIN_KIND_MODULES[kind])  # registers the kind
     if kind not in _KINDS:
         raise ValueError(f"unknown model kind {kind!r}; registered: {sorted(_KINDS)}")
-    return _KINDS[kind](config, class_names)
+    return _KINDS[kind](config, class_names, **options)
 
 
 def backbone_config(config) -> StreamFormerConfig:

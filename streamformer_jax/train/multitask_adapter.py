@@ -51,7 +51,10 @@ def _tokenizer(config, random_tower: bool, text_model):
     return load_tokenizer(source, max_length=config.text.max_length)
 
 
-def build(config, class_names: Mapping[str, list[str]]) -> TaskModel:
+def build(config, class_names: Mapping[str, list[str]], *, abstract_text=None) -> TaskModel:
+    """abstract_text: a `SiglipTextConfig`; build a shape-only model instead (no parameter values, no
+    checkpoint read, label embeddings as ShapeDtypeStructs) whose frozen text tower has that architecture, for
+    ahead-of-time compilation (`streamformer_jax.train.aot`)."""
     from streamformer_jax.text.embeddings import compute_label_embeddings
     from streamformer_jax.text.model import SiglipTextConfig, init_text_model, load_text_model
     from streamformer_jax.train import multitask
@@ -68,6 +71,8 @@ def build(config, class_names: Mapping[str, list[str]]) -> TaskModel:
                                     max_position_embeddings=config.text.max_length, projection_size=bb.hidden_size)
         return init_text_model(text_cfg, seed=config.text.seed)
 
+    if abstract_text is not None:
+        return _masked(config, *_abstract_model(bb, tasks, class_names, abstract_text))
     if config.model.init:
         model = multitask.MultiTaskModel.from_pretrained(
             config.model.init, tasks, text=config.text.checkpoint or None, lora_rank=bb.lora_rank,
@@ -102,6 +107,28 @@ def build(config, class_names: Mapping[str, list[str]]) -> TaskModel:
             return {"caption_ids": np.asarray(tokenizer(list(batch["caption"])), np.int32)}
         return {}
 
+    return _masked(config, model, text, prepare_batch)
+
+
+def _abstract_model(bb, tasks, class_names, text_config):
+    import jax
+    from flax import nnx
+
+    from streamformer_jax.text.model import SiglipTextModel
+    from streamformer_jax.train import multitask
+
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(lambda: multitask.MultiTaskModel(
+            bb, tasks, rngs=None, text_encoder=SiglipTextModel(text_config, rngs=None)))
+    text = {t: jax.ShapeDtypeStruct((len(class_names[t]), text_config.output_size), np.float32)
+            for t in tasks if t in multitask.LABEL_TASKS}
+    return model, text, None
+
+
+def _masked(config, model, text, prepare_batch) -> TaskModel:
+    from streamformer_jax.train import multitask
+
+    bb = backbone_config(config)
     names = list(multitask.multitask_flat_params(model))
     trainable = multitask.trainable_mask(names)
     if config.model.trainable == "all":

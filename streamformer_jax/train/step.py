@@ -146,8 +146,11 @@ class Trainer:
     def micro_step_fn(self, task: str):
         """The jitted micro-step of one task (compiled on first use; also for lowering / cost analysis)."""
         if task not in self._micro_fns:
+            # keep_unused: the optimizer state is not read here but stays resident in HBM; as an argument it
+            # enters the compiler's memory budget (and its own rematerialisation decisions) instead of being
+            # pruned, so a micro-step that compiles also fits beside the full train state.
             self._micro_fns[task] = jax.jit(functools.partial(self._micro, task=task), donate_argnums=(1,),
-                                        out_shardings=(self.acc_shardings, self.replicated))
+                                            out_shardings=(self.acc_shardings, self.replicated), keep_unused=True)
         return self._micro_fns[task]
 
     def micro_step(self, state, acc, batch, text, task: str):
