@@ -132,7 +132,8 @@ def make_trainer(config, tm, mesh, optim, total_steps: int) -> Trainer:
     trainable_names, _ = split_names(tm, ModelDef(tm.model))
     decay = nest({n: bool(tm.decay(n)) for n in trainable_names})
     tx, schedule = make_optimizer(optim, total_steps, decay)
-    return Trainer(tm, tx, schedule, mesh, rules=config.mesh.rules, remat=config.model.remat_policy)
+    return Trainer(tm, tx, schedule, mesh, rules=config.mesh.rules, remat=config.model.remat_policy,
+                   scan_layers=bool(config.model.get("scan_layers", False)))
 
 
 def enable_compilation_cache(path: str) -> None:

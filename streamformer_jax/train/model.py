@@ -108,7 +108,7 @@ def flat_values(model: nnx.Module) -> dict[str, jax.Array]:
 
 
 # ------------------------------------------------------------------------------------------------- remat
-def apply_remat(model: nnx.Module, name: str) -> nnx.Module:
+def apply_remat(model: nnx.Module, name: str, scan_layers: bool = False) -> nnx.Module:
     """Rematerialise every divided space-time block of the backbone(s) in `model` under the named policy.
 
     Sets the backbone's static `remat` attribute (validated here); call on a freshly merged module inside
@@ -118,6 +118,7 @@ def apply_remat(model: nnx.Module, name: str) -> nnx.Module:
     for _, node in nnx.iter_graph(model):
         if isinstance(node, StreamFormer):
             node.remat = name
+            node.scan_layers = bool(scan_layers)
     return model
 
 

@@ -49,6 +49,7 @@ class Trainer:
     mesh: Mesh
     rules: Any = "dp"
     remat: str = "none"
+    scan_layers: bool = False
 
     def __post_init__(self):
         self.modeldef = ModelDef(self.tm.model)
@@ -124,7 +125,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------- steps
     def model_from(self, params, frozen):
         model = self.modeldef.merge({**flatten(params), **flatten(frozen)})
-        return apply_remat(model, self.remat)
+        return apply_remat(model, self.remat, self.scan_layers)
 
     def loss_and_grads(self, state, batch, text, task: str, micro_index):
         rng = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"]),

@@ -1,0 +1,173 @@
+r"""Sweep of ahead-of-time TPU compiles (`streamformer_jax.train.aot`): one JSON report per run, resumable.
+
+    python scripts/aot_sweep.py --plan sizing --out_dir aot_reports      # ViT-B recipe on 4-chip slices + pods
+    python scripts/aot_sweep.py --plan layers --out_dir aot_reports      # compile time vs depth, dp vs fsdp
+    python scripts/aot_sweep.py --plan sizing --only v5e4_dp_b16_full    # one run of a plan
+    python scripts/aot_sweep.py --summary aot_reports                    # the table of docs/training.md
+
+Runs one compile at a time in this process (a ViT-B step takes minutes and 1.5-4 GB of RAM on two cores) and
+skips runs whose report exists, so a stopped sweep continues where it was. Each run records what it compiled;
+the summary marks which pod figures were compiled at full size and which were carried over from a 4-chip slice
+(per-chip memory and FLOPs of data parallelism do not depend on the number of chips; the gradient all-reduce's
+wire bytes per chip are 2 (n-1)/n x the gradient bytes, scaled from the compiled n).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+import traceback
+
+from absl import app, flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("plan", "sizing", "Which plan: sizing | layers | stream.")
+flags.DEFINE_string("out_dir", "aot_reports", "Directory of the JSON reports.")
+flags.DEFINE_string("only", "", "Comma-separated run names of the plan to run (default: all).")
+flags.DEFINE_string("summary", "", "Print the markdown table of the reports in this directory and exit.")
+flags.DEFINE_bool("list", False, "List the plan's runs and exit.")
+
+CONFIG = "configs/pretrain_multitask.py"
+# Per-chip clips of a 4-chip slice -> micro_batch_size 4 x that.
+SLICES = {"v5e4": "v5e:2x2", "v5p4": "v5p:2x2x1", "v44": "v4:2x2x1",
+          "v5e256": "v5e:16x16", "v5p64": "v5p:4x4x4", "v464": "v4:4x4x4"}
+REMAT = {"none": "none", "full": "full", "dots": "dots_with_no_batch_dims_saveable"}
+
+
+def _run(slice_key, preset, per_chip, remat, tasks, **overrides):
+    topo = SLICES[slice_key]
+    chips = 1
+    for g in topo.split(":")[1].split("x"):
+        chips *= int(g)
+    name = f"{slice_key}_{preset}_b{per_chip}_{remat}" + "".join(f"_{k.split('.')[-1]}{v}" for k, v in overrides.items())
+    return name, {"topology": topo, "preset": preset, "tasks": tasks, "overrides": {
+        "micro_batch_size": per_chip * chips, "model.remat_policy": REMAT[remat], **overrides}}
+
+
+def plan(name: str) -> dict[str, dict]:
+    runs = {}
+    if name == "layers":  # compile time against depth, dp vs fsdp (kinetics micro-step, 16 clips per chip)
+        for layers in (1, 2, 4):
+            for preset in ("dp", "fsdp"):
+                runs.update([_run("v5e4", preset, 16, "full", ["kinetics"], **{"model.overrides.num_layers": layers})])
+    elif name == "sizing":
+        core = ["kinetics", "vis"]  # the backbone alone, and the heaviest head (dense projection of every token)
+        for s in ("v5e4", "v5p4", "v44"):
+            runs.update([_run(s, "dp", 16, "none", core)])
+        runs.update([_run("v5e4", "dp", 16, "full", core), _run("v5e4", "dp", 16, "dots", core),
+                     _run("v5e4", "dp", 8, "none", core), _run("v5p4", "dp", 32, "none", core),
+                     _run("v44", "dp", 32, "full", core)])
+        # the pods themselves: the kinetics micro-step (the gradient all-reduce over every chip)
+        for s in ("v5e256", "v5p64", "v464"):
+            runs.update([_run(s, "dp", 16, "full" if s == "v5e256" else "none", ["kinetics"])])
+        runs.update([_run("v5e4", "fsdp", 16, "full", ["kinetics"]), _run("v5p4", "fsdp_tp", 16, "none", ["kinetics"])])
+    elif name == "stream":
+        runs = {f"stream_{s}": {"topology": SLICES[s], "stream": True} for s in ("v5e4", "v5p4", "v44")}
+    else:
+        raise SystemExit(f"error: unknown plan {name!r}; choose from sizing, layers, stream")
+    return runs
+
+
+def load_config(overrides: dict, preset: str):
+    from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_sweep_cfg", pathlib.Path(CONFIG))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(None)
+    from streamformer_jax.train import aot
+
+    aot.apply_preset(config, preset)
+    with config.unlocked():
+        for key, value in overrides.items():
+            node = config
+            *path, last = key.split(".")
+            for p in path:
+                node = node[p]
+            node[last] = value
+    return config
+
+
+def run_one(name: str, spec: dict, out_dir: pathlib.Path) -> None:
+    from streamformer_jax.train import aot
+
+    out = out_dir / f"{name}.json"
+    if out.exists():
+        print(f"[skip] {name}: {out} exists", flush=True)
+        return
+    print(f"[run] {name}: {spec}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        if spec.get("stream"):
+            config = load_config({}, "dp")
+            report = {"topology": spec["topology"], "window": 16,
+                      **aot.search_streams(config, spec["topology"], window=16, start=32,
+                                           log=lambda s: print(s, flush=True))}
+        else:
+            config = load_config(spec["overrides"], spec["preset"])
+            report = aot.compile_training(config, spec["topology"], tasks=spec["tasks"],
+                                          log=lambda s: print(s, flush=True))
+    except Exception as e:  # noqa: BLE001 - one failed run must not stop the sweep; its error is the report
+        report = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
+    report.update(run=name, spec=spec, wall_s=round(time.perf_counter() - t0, 1))
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    tmp.replace(out)
+    print(f"[done] {name} in {report['wall_s']:.0f} s", flush=True)
+
+
+def summary(out_dir: pathlib.Path) -> str:
+    rows = ["| run | slice | preset | remat | clips/chip | HBM used / capacity (GiB) | fits | flops / analytic | "
+            "wire MiB/chip/micro-step | est. step s | est. MFU | bound | compile s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for path in sorted(out_dir.glob("*.json")):
+        r = json.loads(path.read_text())
+        if "steps" not in r:
+            continue
+        c = r["config"]
+        micro = [s for k, s in r["steps"].items() if k.startswith("micro_")]
+        worst = max(micro, key=lambda s: s.get("hbm_bytes", 0))
+        used = max((s.get("hbm_bytes", 0) for s in r["steps"].values()), default=0)
+        cap = worst.get("hbm_capacity") or r["chip"]["hbm_bytes"]
+        fits = all(s.get("fits") for s in r["steps"].values())
+        k = r["steps"].get("micro_kinetics", micro[0])
+        ratio = f"{k['flops_ratio']:.2f}" if k.get("flops_ratio") else "-"
+        wire = sum(v["wire_bytes"] for v in k.get("collectives", {}).values()) / 2**20 if "collectives" in k else 0
+        est = r["estimate"]
+        step = f"{est['step_s']:.2f}" if est.get("step_s") else "-"
+        mfu = f"{est['mfu']:.2f}" if est.get("mfu") else "-"
+        comp = sum(s["compile_s"] for s in r["steps"].values())
+        rows.append(f"| {r.get('run', path.stem)} | {r['topology']} | {c['rules']} | {c['remat_policy']} | "
+                    f"{c['clips_per_device']:g} | {used / 2**30:.1f} / {cap / 2**30:.1f} | {'yes' if fits else 'no'} | "
+                    f"{ratio} | {wire:.0f} | {step} | {mfu} | {est.get('bound') or '-'} | {comp:.0f} |")
+    return "\n".join(rows)
+
+
+def main(argv):
+    del argv
+    if FLAGS.summary:
+        print(summary(pathlib.Path(FLAGS.summary)))
+        return
+    runs = plan(FLAGS.plan)
+    if FLAGS.only:
+        wanted = [r for r in FLAGS.only.split(",") if r]
+        unknown = sorted(set(wanted) - set(runs))
+        if unknown:
+            raise SystemExit(f"error: runs {unknown} are not in plan {FLAGS.plan!r}: {sorted(runs)}")
+        runs = {k: runs[k] for k in wanted}
+    if FLAGS.list:
+        for k, v in runs.items():
+            print(k, json.dumps(v))
+        return
+    out_dir = pathlib.Path(FLAGS.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, spec in runs.items():
+        run_one(name, spec, out_dir)
+
+
+if __name__ == "__main__":
+    app.run(main)

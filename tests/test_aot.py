@@ -1,0 +1,167 @@
+"""Ahead-of-time compilation support that runs without libtpu: the shape-only model and batch match the real
+ones the trainer gets, the HLO collective counter, topology names, the mesh over given devices, and the
+one-line errors. The TPU compiles themselves are in tests/test_aot_tpu.py (CI runs it in a [tpu] environment)."""
+import importlib.util
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from streamformer_jax.train import aot, compiled_stats, loop, tpu_chips
+from streamformer_jax.train.model import build_task_model
+from streamformer_jax.train.step import device_batch, split_names
+from test_train_support import REPO, builtin_dir, jax_cache, load_config, tiny_config  # noqa: F401
+
+ALL_TASKS = ("kinetics", "ssv2", "retrieval", "grounding", "localization", "vis")
+
+
+@pytest.fixture(scope="module")
+def real_run(builtin_dir, jax_cache, tmp_path_factory):  # noqa: F811
+    """The tiny config on all six tasks: the real task model and one real device batch per task."""
+    from data_pipelines.pipeline import loader
+
+    cfg = tiny_config(builtin_dir, jax_cache, tasks=ALL_TASKS)
+    data = loop.data_config(cfg, tmp_path_factory.mktemp("w"))
+    meta = loop.read_metadata(loop.task_directories(data))
+    class_names = {t: m["class_names"] for t, m in meta.items()}
+    tm = build_task_model(cfg, class_names)
+    mesh = loop.make_mesh(cfg.mesh)
+    it = loader.make_train_iterator(data, mesh=mesh)
+    batches = {}
+    for _ in range(len(ALL_TASKS)):
+        b = next(it)
+        b = {**b, **loader.to_global_batch(tm.prepare_batch(b), mesh, data.data_axes)}
+        batches[b["task"]] = device_batch(b)
+    it.close()
+    return cfg, tm, class_names, batches, mesh
+
+
+def test_abstract_batch_is_the_batch_the_trainer_gets(real_run):
+    cfg, _, _, batches, mesh = real_run
+    assert set(batches) == set(ALL_TASKS)
+    for task, real in batches.items():
+        fake = aot.abstract_batch(cfg, task, mesh)
+        assert sorted(fake) == sorted(real), task
+        for k in real:
+            assert (fake[k].shape, fake[k].dtype) == (real[k].shape, real[k].dtype), (task, k)
+            assert fake[k].sharding.is_equivalent_to(real[k].sharding, real[k].ndim), (task, k)
+
+
+def test_shape_only_task_model_has_the_real_parameters_masks_and_label_tables(real_run):
+    cfg, tm, class_names, _, mesh = real_run
+    fake = build_task_model(cfg, class_names, abstract_text=aot.text_tower_config(cfg))
+    from streamformer_jax.train.model import ModelDef
+
+    real_def, fake_def = ModelDef(tm.model), ModelDef(fake.model)
+    assert real_def.names == fake_def.names
+    real_shapes = {n: (v.get_value().shape, v.get_value().dtype) for n, v in
+                   zip(real_def.names, [v for _, v in real_def._template])}
+    fake_shapes = {n: (v.get_value().shape, v.get_value().dtype) for n, v in
+                   zip(fake_def.names, [v for _, v in fake_def._template])}
+    assert real_shapes == fake_shapes
+    assert split_names(tm, real_def) == split_names(fake, fake_def)
+    assert all(tm.decay(n) == fake.decay(n) for n in real_def.names)
+    assert {k: (np.shape(v), np.asarray(v).dtype) for k, v in tm.text.items()} == \
+        {k: (v.shape, v.dtype) for k, v in fake.text.items()}
+    # nothing was materialised
+    assert all(isinstance(v.get_value(), jax.ShapeDtypeStruct) for _, v in fake_def._template)
+
+
+def test_the_default_text_tower_is_siglip_base_for_vit_b():
+    cfg = load_config("pretrain_multitask")
+    t = aot.text_tower_config(cfg)
+    assert (t.num_hidden_layers, t.hidden_size, t.vocab_size, t.max_position_embeddings) == (12, 768, 32000, 64)
+    tiny = aot.text_tower_config(load_config("pretrain_multitask", "tiny"))
+    assert tiny.num_hidden_layers == 1 and tiny.output_size == 64
+
+
+def test_mesh_over_given_devices():
+    cfg = load_config("pretrain_multitask", "tiny,mesh=fsdp")
+    mesh = loop.make_mesh(cfg.mesh, jax.devices()[:4])
+    assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert list(mesh.devices.flat) == jax.devices()[:4]
+    cfg.mesh.tensor = 3
+    with pytest.raises(ValueError, match="4 devices cannot be split"):
+        loop.make_mesh(cfg.mesh, jax.devices()[:4])
+
+
+def test_collectives_are_counted_with_their_bytes_and_loop_trip_counts():
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(4, 2), ("a", "b"))
+    x = jax.ShapeDtypeStruct((64, 256), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec("a", "b")))
+
+    def f(x):  # sum over the sharded rows -> an all-reduce over `a` of a [32, 128]-per-device... partial sum
+        return jax.lax.with_sharding_constraint(x.sum(0), NamedSharding(mesh, PartitionSpec()))
+
+    stats = compiled_stats.collectives(jax.jit(f).lower(x).compile().as_text(), 8)
+    total = sum(v["count"] for v in stats.values())
+    assert total >= 1
+    assert "all-reduce" in stats or "all-gather" in stats
+
+    def g(x):  # the same reduction in a 5-step fori_loop: counted 5 times
+        def body(i, acc):
+            y = jax.lax.with_sharding_constraint(x * (i + 1.0), NamedSharding(mesh, PartitionSpec("a", "b")))
+            return acc + jax.lax.with_sharding_constraint(y.sum(0), NamedSharding(mesh, PartitionSpec()))
+        return jax.lax.fori_loop(0, 5, body, jnp.zeros((256,), jnp.float32))
+
+    looped = compiled_stats.collectives(jax.jit(g).lower(x).compile().as_text(), 8)
+    assert sum(v["count"] for v in looped.values()) == 5 * total
+
+
+def test_collective_parser_on_a_known_hlo_snippet():
+    hlo = """HloModule m
+
+%body (p: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
+  %p = (s32[], f32[4,8]) parameter(0)
+  %x = f32[4,8]{1,0} get-tuple-element(%p), index=1
+  %ag = f32[4,32]{1,0} all-gather(%x), channel_id=1, replica_groups=[2,4]<=[8], dimensions={1}
+  ROOT %t = (s32[], f32[4,8]) tuple(%i, %x)
+}
+
+%cond (p: (s32[], f32[4,8])) -> pred[] {
+  %p = (s32[], f32[4,8]) parameter(0)
+  ROOT %c = pred[] constant(true)
+}
+
+ENTRY %main (a: f32[4,8]) -> f32[4,8] {
+  %a = f32[4,8]{1,0} parameter(0)
+  %ar = bf16[1024]{0} all-reduce(%b), channel_id=2, replica_groups={{0,1},{2,3},{4,5},{6,7}}, to_apply=%add
+  %cp = (f32[4,8]{1,0}, f32[4,8]{1,0}, u32[], u32[]) collective-permute-start(%a), channel_id=3, source_target_pairs={{0,1}}
+  %w = (s32[], f32[4,8]) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"12"}}
+  ROOT %r = f32[4,8]{1,0} copy(%a)
+}
+"""
+    stats = compiled_stats.collectives(hlo, 8)
+    assert stats["all-gather"] == {"count": 12, "bytes": 12 * 4 * 32 * 4, "wire_bytes": 12 * 4 * 32 * 4 * 3 // 4}
+    assert stats["all-reduce"] == {"count": 1, "bytes": 2048, "wire_bytes": 2048}  # 2 (g-1)/g with g = 2
+    assert stats["collective-permute"] == {"count": 1, "bytes": 128, "wire_bytes": 128}
+
+
+def test_topology_names():
+    assert tpu_chips.parse_topology("v5e:16x16") == ("v5e", (16, 16))
+    assert tpu_chips.parse_topology("v5litepod-2x2") == ("v5e", (2, 2))
+    assert tpu_chips.parse_topology("v5p:4x4x4") == ("v5p", (4, 4, 4))
+    for bad, why in [("v5e:4x4x4", "2-D"), ("v4:4x4", "3-D"), ("h100:8", "expected GENERATION")]:
+        with pytest.raises(tpu_chips.TopologyError, match=why):
+            tpu_chips.parse_topology(bad)
+    assert tpu_chips.chip_for("v5e:2x2").hbm_bytes == 16 * 10**9
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is not None, reason="libtpu is installed here")
+def test_cli_says_in_one_line_that_libtpu_is_missing():
+    r = subprocess.run([sys.executable, "-m", "streamformer_jax.train.aot", "--config",
+                        str(REPO / "configs" / "pretrain_multitask.py") + ":tiny", "--topology", "v5e:2x2"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: libtpu is not installed")
+
+
+def test_cli_rejects_a_bad_topology_in_one_line():
+    r = subprocess.run([sys.executable, "-m", "streamformer_jax.train.aot", "--config",
+                        str(REPO / "configs" / "pretrain_multitask.py") + ":tiny", "--topology", "v5e:2x2x2"],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: topology 'v5e:2x2x2'")
