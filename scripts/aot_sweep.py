@@ -24,7 +24,7 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("plan", "sizing", "Which plan: sizing | layers | stream.")
+flags.DEFINE_string("plan", "sizing", "Which plan: sizing | layers | depth | stream.")
 flags.DEFINE_string("out_dir", "aot_reports", "Directory of the JSON reports.")
 flags.DEFINE_string("only", "", "Comma-separated run names of the plan to run (default: all).")
 flags.DEFINE_string("summary", "", "Print the markdown table of the reports in this directory and exit.")
@@ -53,21 +53,35 @@ def plan(name: str) -> dict[str, dict]:
         for layers in (1, 2, 4):
             for preset in ("dp", "fsdp"):
                 runs.update([_run("v5e4", preset, 16, "full", ["kinetics"], **{"model.overrides.num_layers": layers})])
-    elif name == "sizing":
-        core = ["kinetics", "vis"]  # the backbone alone, and the heaviest head (dense projection of every token)
-        for s in ("v5e4", "v5p4", "v44"):
-            runs.update([_run(s, "dp", 16, "none", core)])
-        runs.update([_run("v5e4", "dp", 16, "full", core), _run("v5e4", "dp", 16, "dots", core),
-                     _run("v5e4", "dp", 8, "none", core), _run("v5p4", "dp", 32, "none", core),
-                     _run("v44", "dp", 32, "full", core)])
-        # the pods themselves: the kinetics micro-step (the gradient all-reduce over every chip)
-        for s in ("v5e256", "v5p64", "v464"):
-            runs.update([_run(s, "dp", 16, "full" if s == "v5e256" else "none", ["kinetics"])])
-        runs.update([_run("v5e4", "fsdp", 16, "full", ["kinetics"]), _run("v5p4", "fsdp_tp", 16, "none", ["kinetics"])])
+    elif name == "depth":  # the same at small clips (8 frames of 64²): program structure, not tensor sizes
+        small = {"model.overrides.num_frames": 8, "model.overrides.image_size": 64}
+        for layers in (1, 12):
+            for preset in ("dp", "fsdp"):
+                runs.update([_run("v5e4", preset, 4, "none", ["kinetics"],
+                                  **small, **{"model.overrides.num_layers": layers})])
+        for preset in ("dp", "fsdp"):
+            runs.update([_run("v5e4", preset, 4, "none", ["kinetics"], **small, **{"model.scan_layers": True})])
+        for spec in runs.values():
+            spec["apply"] = False  # the micro-step only: the update's compile does not depend on depth
+    elif name == "sizing":  # in priority order: this machine compiles a ViT-B step in tens of minutes
+        scan = {"model.scan_layers": True}
+        k = ["kinetics"]
+        order = [("v5e4", "dp", 16, "none", k, True), ("v5e4", "dp", 16, "full", k, False),
+                 ("v5p4", "dp", 16, "none", k, True), ("v44", "dp", 16, "none", k, True),
+                 ("v5e256", "dp", 16, "full", k, False), ("v5e4", "dp", 16, "dots", k, False),
+                 ("v5e4", "dp", 8, "none", k, False), ("v5e4", "dp", 16, "full", ["vis", "retrieval"], False),
+                 ("v5p64", "dp", 16, "none", k, False), ("v464", "dp", 16, "none", k, False),
+                 ("v5p4", "dp", 32, "none", k, False), ("v5e4", "fsdp", 16, "full", k, False)]
+        for slice_key, preset, per_chip, remat, tasks, apply in order:
+            name, spec = _run(slice_key, preset, per_chip, remat, tasks, **scan)
+            if tasks != k:
+                name += "_" + "_".join(tasks)
+            spec["apply"] = apply
+            runs[name] = spec
     elif name == "stream":
         runs = {f"stream_{s}": {"topology": SLICES[s], "stream": True} for s in ("v5e4", "v5p4", "v44")}
     else:
-        raise SystemExit(f"error: unknown plan {name!r}; choose from sizing, layers, stream")
+        raise SystemExit(f"error: unknown plan {name!r}; choose from sizing, layers, depth, stream")
     return runs
 
 
@@ -110,7 +124,7 @@ def run_one(name: str, spec: dict, out_dir: pathlib.Path) -> None:
         else:
             config = load_config(spec["overrides"], spec["preset"])
             report = aot.compile_training(config, spec["topology"], tasks=spec["tasks"],
-                                          log=lambda s: print(s, flush=True))
+                                          include_apply=spec.get("apply", True), log=lambda s: print(s, flush=True))
     except Exception as e:  # noqa: BLE001 - one failed run must not stop the sweep; its error is the report
         report = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
     report.update(run=name, spec=spec, wall_s=round(time.perf_counter() - t0, 1))
