@@ -165,3 +165,11 @@ def test_cli_rejects_a_bad_topology_in_one_line():
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: topology 'v5e:2x2x2'")
+
+
+def test_the_compiler_s_hbm_limit_is_read_from_its_out_of_memory_message():
+    assert aot._capacity_from("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+                              "temporaries (62.53G) exceeds available HBM (15.75G).") == int(15.75 * 2**30)
+    assert aot._capacity_from("Ran out of memory in memory space hbm. Used 17.32G of 15.75G hbm.") == \
+        int(15.75 * 2**30)
+    assert aot._capacity_from("INTERNAL: something else") is None

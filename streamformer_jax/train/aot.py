@@ -53,7 +53,8 @@ from streamformer_jax.train.tpu_chips import TopologyError, chip_for, topology_d
 # Label-set sizes of the original mixture (spec §5.1); only the shapes of the label-embedding tables matter here.
 CLASS_COUNTS = {"kinetics": 400, "ssv2": 174, "localization": 200, "vis": 1196}
 _OOM = re.compile(r"RESOURCE_EXHAUSTED|Ran out of memory|out of memory", re.I)
-_CAPACITY = re.compile(r"Used\s+([\d.]+)([KMGT])?\s+of\s+([\d.]+)([KMGT])?\s+hbm", re.I)
+# "Used 17.3G of 15.75G hbm" or "... exceeds available HBM (15.75G)": the HBM the compiler lets a program use.
+_CAPACITY = re.compile(r"(?:Used\s+[\d.]+[KMGT]?\s+of\s+|available\s+HBM\s+\()([\d.]+)([KMGT])?", re.I)
 _UNIT = {None: 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -149,7 +150,7 @@ def _short(message: str, limit: int = 600) -> str:
 
 def _capacity_from(message: str) -> int | None:
     m = _CAPACITY.search(message)
-    return int(float(m.group(3)) * _UNIT[m.group(4)]) if m else None
+    return int(float(m.group(1)) * _UNIT[m.group(2)]) if m else None
 
 
 def _step_report(compiled, compile_s, error, *, n_dev, chip, extra_resident, analytic, capacity) -> dict:
