@@ -27,6 +27,9 @@ Training report (JSON; every figure per device):
   compiler rejects for memory is reported with "fits": false and its message.
   analytic_flops: the backbone's model FLOPs (`train.flops`, 3 x forward, no remat) for this device's share of
   the micro-batch; flops / analytic_flops - 1 is rematerialisation plus the heads and the text tower.
+  flops / bytes_accessed are XLA's cost analysis, except for programs with loops (`scan_layers`), whose body XLA
+  counts once: then they are counted from the HLO with each loop's trip count (`compiled_stats.loop_aware_costs`,
+  matmul FLOPs only) and XLA's figures are kept as xla_flops / xla_bytes_accessed ("costs_counted" says which).
   Estimates are a roofline: per step the maximum of flops / peak, bytes accessed / HBM bandwidth and wire bytes /
   ICI bandwidth (chip figures and sources: `train.tpu_chips`); one optimizer step = accum_steps micro-steps
   (the mean over the run's tasks) + the update; MFU = analytic FLOPs / (step time x peak). Compiled and
