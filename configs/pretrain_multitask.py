@@ -42,10 +42,10 @@ ORIGINAL_ACCUM = 7
 POD_VARIANTS = {
     "v5e_256": (256, "dp", "full", 16, True),
     "v5p_128": (64, "dp", "none", 16, True),
-    "v4_128": (64, "dp", "none", 16, True),
+    "v4_128": (64, "dp", "full", 16, True),
     "v5e_4": (4, "dp", "full", 16, True),
     "v5p_8": (4, "dp", "none", 16, True),
-    "v4_8": (4, "dp", "none", 16, True),
+    "v4_8": (4, "dp", "full", 16, True),
 }
 
 

@@ -173,3 +173,21 @@ def test_the_compiler_s_hbm_limit_is_read_from_its_out_of_memory_message():
     assert aot._capacity_from("Ran out of memory in memory space hbm. Used 17.32G of 15.75G hbm.") == \
         int(15.75 * 2**30)
     assert aot._capacity_from("INTERNAL: something else") is None
+
+
+@pytest.mark.parametrize("variant,chips,remat", [("v5e_256", 256, "full"), ("v5p_128", 64, "none"),
+                                                 ("v4_128", 64, "full")])
+def test_pod_variants(variant, chips, remat):
+    cfg = load_config("pretrain_multitask", variant)
+    assert (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, cfg.mesh.rules) == (-1, 1, 1, "dp")
+    assert cfg.model.remat_policy == remat and cfg.model.scan_layers is True
+    assert cfg.micro_batch_size == 16 * chips and cfg.accum_steps == 7
+    assert cfg.optim.lr == pytest.approx(2e-5 * 16 * chips * 7 / 256)  # the original's linear rule
+
+
+def test_a_parameter_the_mesh_does_not_divide_is_one_clear_error():
+    cfg = load_config("pretrain_multitask", "tiny,mesh=fsdp")  # tiny: 64 wide; fsdp over 8 devices is fine
+    cfg.model.overrides.hidden_size, cfg.model.overrides.num_heads = 60, 4
+    cfg.micro_batch_size = 8
+    with pytest.raises(aot.AotError, match=r"does not divide over the mesh .*fsdp.: 8"):
+        aot.build(cfg, jax.devices())

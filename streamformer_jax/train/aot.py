@@ -219,8 +219,16 @@ def build(config, devices, class_counts: Mapping[str, int] | None = None):
     total = int(config.total_steps) if int(config.total_steps) > 0 else 1000
     try:
         trainer = loop.make_trainer(config, tm, mesh, config.optim, total)
-    except ValueError as e:  # e.g. a parameter dimension the mesh axis does not divide
+    except ValueError as e:
         raise AotError(f"sharding {config.mesh.rules!r} on mesh {dict(mesh.shape)}: {str(e).splitlines()[0]}") from None
+    flat = jax.tree_util.tree_flatten_with_path(trainer.abstract_state())[0]
+    for path, leaf in flat:  # a parameter dimension that the mesh axis it is split over does not divide
+        try:
+            leaf.sharding.shard_shape(leaf.shape)
+        except ValueError:
+            name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+            raise AotError(f"{name} {tuple(leaf.shape)} does not divide over the mesh {dict(mesh.shape)} with "
+                           f"sharding {leaf.sharding.spec} (rules {config.mesh.rules!r})") from None
     return trainer, tm, mesh
 
 
