@@ -27,9 +27,9 @@ Training report (JSON; every figure per device):
   compiler rejects for memory is reported with "fits": false and its message.
   analytic_flops: the backbone's model FLOPs (`train.flops`, 3 x forward, no remat) for this device's share of
   the micro-batch; flops / analytic_flops - 1 is rematerialisation plus the heads and the text tower.
-  flops / bytes_accessed are XLA's cost analysis, except for programs with loops (`scan_layers`), whose body XLA
-  counts once: then they are counted from the HLO with each loop's trip count (`compiled_stats.loop_aware_costs`,
-  matmul FLOPs only) and XLA's figures are kept as xla_flops / xla_bytes_accessed ("costs_counted" says which).
+  flops / bytes_accessed are XLA's cost analysis, which counts a loop body once: for a scanned model
+  (`scan_layers`) they cover one block ("costs_counted": "xla, loop bodies once", "loop_trips"); compile the
+  unrolled model (or one block) for FLOP and traffic figures. Memory and collectives are exact either way.
   Estimates are a roofline: per step the maximum of flops / peak, bytes accessed / HBM bandwidth and wire bytes /
   ICI bandwidth (chip figures and sources: `train.tpu_chips`); one optimizer step = accum_steps micro-steps
   (the mean over the run's tasks) + the update; MFU = analytic FLOPs / (step time x peak). Compiled and
@@ -173,7 +173,8 @@ def _step_report(compiled, compile_s, error, *, n_dev, chip, extra_resident, ana
             "resident_not_in_arguments": extra_resident, "hbm_bytes": int(hbm), "hbm_capacity": capacity,
             "fits": bool(hbm <= capacity), "flops": stats["flops"], "analytic_flops": analytic,
             "flops_ratio": stats["flops"] / analytic if analytic else None,
-            "bytes_accessed": stats["bytes_accessed"], "collectives": stats["collectives"], "estimate": est}
+            "bytes_accessed": stats["bytes_accessed"], "collectives": stats["collectives"], "estimate": est,
+            "costs_counted": stats["costs_counted"], "loop_trips": stats["loop_trips"]}
 
 
 def roofline(stats: Mapping[str, Any], chip) -> dict[str, float]:

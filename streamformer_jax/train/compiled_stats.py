@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import collections
 import re
-
-import numpy as np
 from typing import Any
 
 KINDS = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
@@ -89,81 +87,6 @@ def collectives(hlo_text: str, num_devices: int) -> dict[str, dict[str, float]]:
             for k, v in out.items() if v["count"]}
 
 
-_NAME = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=")
-_OPERANDS = re.compile(r"%([\w.\-]+)")
-_NO_TRAFFIC = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "while", "conditional", "call",
-               "after-all", "partition-id", "replica-id", "iota"}
-
-
-def _dims(type_str: str) -> list[int] | None:
-    m = _ARRAY.search(type_str)
-    return [int(x) for x in m.group(2).split(",") if x] if m else None
-
-
-def loop_aware_costs(hlo_text: str) -> dict[str, float]:
-    """Matmul FLOPs (dot and convolution) and HBM bytes of the module, counting a while loop's body once per trip.
-
-    XLA's `cost_analysis()` counts a loop body once, so for a scanned model (`scan_layers`) it reports about
-    1/num_layers of the work. Here: FLOPs = 2 x output elements x contracted size of every dot / convolution
-    (element-wise work left out); bytes = operands + result of every instruction outside fused computations
-    (what a fusion reads from and writes to HBM), each times the executions of its computation."""
-    comps, runs = _executions(hlo_text)
-    lines = _lines_by_computation(hlo_text)
-    fused_names = set(re.findall(r"\sfusion\(.*?\bcalls=%?([\w.\-]+)", hlo_text))
-    flops = bytes_ = 0.0
-    for name, times in runs.items():
-        shapes = {}
-        for line in lines.get(name, ()):
-            m = _NAME.match(line)
-            ins = _INSTR.match(line)
-            if m and ins:
-                shapes[m.group(1)] = ins.group(1)
-        fused = name in fused_names
-        for line in lines.get(name, ()):
-            ins = _INSTR.match(line)
-            if not ins:
-                continue
-            result_type, opcode, rest = ins.groups()
-            args = rest.split(")", 1)[0]
-            operands = [shapes.get(o, "") for o in _OPERANDS.findall(args)]
-            if opcode == "dot":
-                out = _dims(result_type) or []
-                lhs = _dims(operands[0]) if operands else None
-                cd = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
-                k = 1
-                if lhs is not None and cd:
-                    for i in (int(x) for x in cd.group(1).split(",") if x):
-                        k *= lhs[i]
-                flops += times * 2.0 * float(np.prod(out, dtype=np.float64)) * k
-            elif opcode == "convolution":
-                out = _dims(result_type) or []
-                rhs = _dims(operands[1]) if len(operands) > 1 else None
-                labels = re.search(r"dim_labels=[^_]*_([^-]*)->", rest)
-                groups = re.search(r"feature_group_count=(\d+)", rest)
-                k = 1
-                if rhs is not None and labels and len(labels.group(1)) == len(rhs):
-                    for size, label in zip(rhs, labels.group(1)):
-                        if label != "o":
-                            k *= size
-                flops += times * 2.0 * float(np.prod(out, dtype=np.float64)) * k / (int(groups.group(1)) if groups else 1)
-            if not fused and opcode not in _NO_TRAFFIC:
-                bytes_ += times * (sum(_array_bytes(result_type)) + sum(sum(_array_bytes(t)) for t in operands))
-    return {"flops": flops, "bytes_accessed": bytes_}
-
-
-def _lines_by_computation(hlo_text: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    current = None
-    for line in hlo_text.splitlines():
-        head = _COMP_HEAD.match(line)
-        if head and not line.startswith(" "):
-            current = head.group(1)
-            out[current] = []
-        elif current is not None:
-            out[current].append(line)
-    return out
-
-
 def _executions(hlo_text: str):
     """(instructions by computation, executions of each computation per run of the module)."""
     comps: dict[str, list] = {}
@@ -233,16 +156,10 @@ def cost(compiled) -> dict[str, float]:
 
 
 def summarize(compiled, num_devices: int) -> dict[str, Any]:
-    """Memory, costs and collectives. `flops` / `bytes_accessed` are XLA's; with loops of more than one trip
-    (a scanned model) the loop-aware counts replace them and XLA's are kept as `xla_flops` / `xla_bytes_accessed`."""
+    """Memory, XLA's costs and the collectives. XLA's cost analysis counts a while loop's body once, so for a
+    program with loops (a scanned model) `flops` / `bytes_accessed` cover one trip: `loop_trips` says so."""
     text = compiled.as_text()
-    xla = cost(compiled)
-    out = {**memory(compiled), **xla, "collectives": collectives(text, num_devices)}
     _, runs = _executions(text)
-    if any(t > 1 for t in runs.values()):
-        loop = loop_aware_costs(text)
-        out.update(xla_flops=xla["flops"], xla_bytes_accessed=xla["bytes_accessed"], flops=loop["flops"],
-                   bytes_accessed=loop["bytes_accessed"], costs_counted="loop-aware (HLO dots x trip counts)")
-    else:
-        out["costs_counted"] = "xla"
-    return out
+    trips = max(runs.values(), default=1.0)
+    return {**memory(compiled), **cost(compiled), "collectives": collectives(text, num_devices),
+            "loop_trips": int(trips), "costs_counted": "xla" if trips <= 1 else "xla, loop bodies once"}
