@@ -1,25 +1,15 @@
 """Shared pieces of the training configs (`configs/pretrain_multitask.py`, `configs/finetune_*.py`).
 
-Config files are loaded by path (ml_collections `config_flags`), so they import this module by path too
-(`load_sibling`). Every config is a plain `ml_collections.ConfigDict`; the trainer locks it, so an override of
-a key that does not exist (`--config.totl_steps=5`) is an error.
+Config files are loaded by path (ml_collections `config_flags`), so they load this module by path too
+(`streamformer_jax.train.config_files.load_sibling`). Every config is a plain `ml_collections.ConfigDict`; the
+trainer locks it, so an override of a key that does not exist (`--config.totl_steps=5`) is an error.
 """
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-HERE = pathlib.Path(__file__).resolve().parent
-
-
-def load_sibling(name: str):
-    """Import `configs/<name>.py` by path (configs are not a package)."""
-    spec = importlib.util.spec_from_file_location(f"_sf_configs_{name}", HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from streamformer_jax.models.config import get_preset
+from streamformer_jax.train.config_files import load_sibling
 
 
 def parse_arg(arg: str | None, **defaults):
@@ -52,7 +42,7 @@ def parse_arg(arg: str | None, **defaults):
 def model_config(preset: str = "vit_b16", **overrides) -> ml_collections.ConfigDict:
     """Backbone architecture: a preset of `streamformer_jax.models.config` plus field overrides."""
     c = ml_collections.ConfigDict()
-    c.kind = "multitask"  # model + loss family (see streamformer_jax.train.model.register_model_kind)
+    c.kind = "multitask"  # model + loss family (see streamformer_jax.train.model_kinds.register_model_kind)
     c.preset = preset
     c.dtype = "bfloat16"  # matmul compute dtype; parameters (master weights) are always float32
     c.remat_policy = "none"  # "none" or a jax.checkpoint_policies name, e.g. "nothing_saveable"
@@ -69,8 +59,6 @@ ARCH_FIELDS = ("hidden_size", "num_layers", "num_heads", "mlp_size", "image_size
 
 
 def architecture(preset: str, **overrides) -> ml_collections.ConfigDict:
-    from streamformer_jax.models.config import get_preset
-
     arch = get_preset(preset, **overrides)
     return ml_collections.ConfigDict({k: getattr(arch, k) for k in ARCH_FIELDS})
 
@@ -172,7 +160,7 @@ def tiny_overrides(config: ml_collections.ConfigDict) -> None:
     config.checkpoint.keep = 2
     config.peak_tflops_per_device = 0.205  # this project's 2-core CPU, float32 matmul peak
     config.text.max_length = 16
-    data = load_sibling("data_builtin").get_config()
+    data = load_sibling(__file__, "data_builtin").get_config()
     data.num_frames = 4
     data.image_size = 32
     for name in data.tasks:
@@ -181,7 +169,7 @@ def tiny_overrides(config: ml_collections.ConfigDict) -> None:
 
 
 def classifier_config(task: str) -> ml_collections.ConfigDict:
-    """The "classifier" model kind's head (streamformer_jax.train.classifier)."""
+    """The "classifier" model kind's head (streamformer_jax.train.classifier_kind)."""
     c = ml_collections.ConfigDict()
     c.task = task  # the task whose labels are classified (one of the data tasks)
     c.num_classes = 0  # 0 = the number of class names in the task's metadata.json
@@ -193,7 +181,7 @@ def classifier_config(task: str) -> ml_collections.ConfigDict:
 
 
 def augment_config() -> ml_collections.ConfigDict:
-    """Batch-level regularisation of the finetuning loss (spec §7.1; streamformer_jax.train.augment)."""
+    """Batch-level regularisation of the finetuning loss (spec §7.1; streamformer_jax.train.regularisation)."""
     c = ml_collections.ConfigDict()
     c.mixup = 0.8  # mixup alpha; 0 = off
     c.cutmix = 1.0  # cutmix alpha; 0 = off
@@ -233,7 +221,7 @@ def finetune_config(task: str, arg: str | None) -> ml_collections.ConfigDict:
     config.total_steps = -1
     config.epochs = 30.0
     config.log_every = 50
-    data = load_sibling("data_pretrain").get_config()  # RandAugment on for kinetics and ssv2
+    data = load_sibling(__file__, "data_pretrain").get_config()  # RandAugment on for kinetics and ssv2
     finalize_data(config, data)
     if arg.variant == "tiny":
         # The built-in dataset (kinetics: 8 clips, label = colour) without RandAugment, whose colour ops

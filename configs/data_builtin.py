@@ -1,19 +1,10 @@
 """The tiny built-in dataset (every task, a few synthetic encoded clips) at small sizes, for the quickstart
 and smoke tests. `get_config("some/cache/dir")` (or `--config=configs/data_builtin.py:some/cache/dir`)."""
-import importlib.util
-import pathlib
-
-
-def _pretrain_config():
-    # Config files are loaded by path (ml_collections config_flags), so load the sibling file by path too.
-    spec = importlib.util.spec_from_file_location("data_pretrain", pathlib.Path(__file__).with_name("data_pretrain.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from streamformer_jax.train.config_files import load_sibling
 
 
 def get_config(cache_dir: str = "builtin_data"):
-    config = _pretrain_config()
+    config = load_sibling(__file__, "data_pretrain").get_config()  # configs are loaded by path, so siblings too
     config.builtin_dir = cache_dir
     config.global_batch_size = 8
     config.num_frames = 8

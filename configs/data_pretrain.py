@@ -4,15 +4,15 @@
     config.tasks.kinetics.data_dir = "/data/records/kinetics"   # converter output directories
     it = data_pipelines.pipeline.loader.make_train_iterator(config, mesh=mesh)
 
-Set a task's data_dir to "" (or its weight to 0) to leave it out of the mix.
+Set a task's data_dir to "" (or its weight to 0) to leave it out of the mix. The tasks, their order and their
+augmentation defaults come from the task registry (`TaskSpec.pipeline_defaults`, `streamformer_jax.tasks`).
 """
 import ml_collections
 
-TASK_ORDER = ("kinetics", "ssv2", "retrieval", "grounding", "localization", "vis")
-RANDAUGMENT = "rand-m7-n4-mstd0.5-inc1"  # timm's video RandAugment as in the original (spec §6.3).
+from streamformer_jax.tasks import registry
 
 
-def task_config(crop: str, flip: bool, **overrides) -> ml_collections.ConfigDict:
+def task_config(crop: str = "short_side", flip: bool = True, **overrides) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.data_dir = ""
     c.crop = crop  # "rrc" = random resized crop (§6.3); "short_side" = short-side resize + random crop.
@@ -43,18 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.read_buffer_size = 2
     # Mixture (§5.4): one task per micro-batch, visited in task_order. Empty task_weights = the original's
     # balancing from dataset sizes; otherwise {task: consecutive micro-batches per cycle}.
-    config.task_order = TASK_ORDER
+    config.task_order = registry.names()
     config.task_weights = ml_collections.ConfigDict()
     config.balance_scale = 2.0
     config.builtin_dir = ""  # When set, use (and build if needed) the tiny built-in dataset there.
-    config.tasks = ml_collections.ConfigDict(
-        {
-            "kinetics": task_config("rrc", True, randaugment=RANDAUGMENT),
-            "ssv2": task_config("rrc", False, randaugment=RANDAUGMENT),
-            "retrieval": task_config("short_side", True),
-            "grounding": task_config("short_side", False),
-            "localization": task_config("short_side", False),
-            "vis": task_config("short_side", True),
-        }
-    )
+    config.tasks = ml_collections.ConfigDict({s.name: task_config(**s.pipeline_defaults) for s in registry.specs()})
     return config

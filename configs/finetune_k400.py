@@ -13,12 +13,9 @@ smoothing 0.1, random erasing 0.25; RandAugment rand-m7-n4-mstd0.5-inc1.
 and the head for `python -m eval.action_recognition evaluate --checkpoint WORKDIR/export
 --head WORKDIR/export/classifier_head.npz --dataset k400 ...` (docs/training.md, "Finetuning for action recognition").
 """
-import importlib.util
-import pathlib
+from streamformer_jax.train.config_files import load_sibling
 
-_spec = importlib.util.spec_from_file_location("_sf_configs_common", pathlib.Path(__file__).with_name("common.py"))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = load_sibling(__file__, "common")  # configs are loaded by path, so their helpers too
 
 
 def get_config(arg: str | None = None):

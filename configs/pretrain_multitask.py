@@ -25,13 +25,9 @@ Any field can be overridden with `--config.key=value`; a misspelt key is an erro
 """
 import ml_collections
 
-import importlib.util
-import pathlib
+from streamformer_jax.train.config_files import load_sibling
 
-# Config files are loaded by path (ml_collections config_flags), so load the shared helpers by path too.
-_spec = importlib.util.spec_from_file_location("_sf_configs_common", pathlib.Path(__file__).with_name("common.py"))
-common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(common)
+common = load_sibling(__file__, "common")  # configs are loaded by path, so their helpers too
 
 # The original: 16 clips per GPU x 8 GPUs per micro-batch, update_freq 7.
 ORIGINAL_MICRO_BATCH = 128
@@ -66,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.epochs = 20.0
     config.log_every = 50
     config.checkpoint.every_steps = 1000
-    common.finalize_data(config, common.load_sibling("data_pretrain").get_config())
+    common.finalize_data(config, common.load_sibling(__file__, "data_pretrain").get_config())
 
     if tiny:
         common.tiny_overrides(config)

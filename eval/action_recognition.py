@@ -12,14 +12,9 @@ Test protocol (spec §7.1, the original UMT/VideoMAE-style code):
     taken along the long side at int(j * (L - crop) / 2), j = 0, 1, 2.
   * The softmax of every view is averaged per video; top-1 / top-5 on the averaged scores.
 
-Pooling of one clip into a vector (`pooling`):
-  * "mean" (default): the per-frame MAP vectors (`pooler_output`) averaged over frames: correct per-frame pooling.
-  * "last": the last frame's MAP vector (it has seen the whole clip; the streaming "global" feature).
-  * "official_bug": the original AR model's pooling, needed to reproduce the released `k400.pt`/`ssv2.pt`
-    numbers: the post-LN tokens in the official order (patch-major, token n*T + t) are *viewed* as T groups of
-    N consecutive tokens (each group mixes ~N/T patch positions over all frames), the MAP head is applied per
-    group, and the T group vectors are averaged.
-The classifier head is the original's: `fc_norm` (LayerNorm, eps 1e-6) then `classifier` (Linear).
+Pooling of one clip into a vector ("mean", "last", "official_bug") and the original's classifier head
+(`fc_norm` then `classifier`) are `streamformer_jax.models.classifier`; the head and the original AR checkpoints
+are read and written by `streamformer_jax.convert.classifier_io`.
 
 Evaluation runs data-parallel over a device mesh (the batch axis split over every device) and over hosts
 (host h takes videos h, h + H, ...); the last batch is padded with blank views that are masked out of the
@@ -39,7 +34,21 @@ import pathlib
 import sys
 from typing import Callable, Iterable, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
+from jax.experimental import multihost_utils
+from tqdm.auto import tqdm
+
+from streamformer_jax import cli, sharding
+from streamformer_jax.checkpoint import load_any
+from streamformer_jax.convert.classifier_io import load_ar_checkpoint, load_head, save_head
+from streamformer_jax.models.classifier import POOLINGS, head_logits, init_head, pool_clip
+from streamformer_jax.models.params import model_from_flat_params
+from streamformer_jax.models.streamformer import normalize_pixels
+from streamformer_jax.video import VideoReader, VideoReadError, resize_short_side
 
 # ------------------------------------------------------------------------------------------ annotation lists
 
@@ -131,23 +140,9 @@ def spatial_crop_starts(long_side: int, crop: int, num_crops: int) -> list[int]:
     return [int(j * step) for j in range(num_crops)]
 
 
-def resize_short_side(frame: np.ndarray, size: int, interpolation: str = "BILINEAR") -> np.ndarray:
-    """uint8 [H, W, 3] -> short side = size, aspect kept (long side rounded), via FFmpeg swscale."""
-    from streamformer_jax.video import resized_shape
-
-    h, w = resized_shape(frame.shape[0], frame.shape[1], size)
-    if (h, w) == frame.shape[:2]:
-        return np.ascontiguousarray(frame)
-    import av
-
-    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-    return vf.reformat(width=w, height=h, interpolation=interpolation).to_ndarray(format="rgb24")
-
-
 def decode_all(path, size: int) -> np.ndarray:
-    """Every frame of a video, short side resized to `size`: uint8 [n, H', W', 3]. Raises VideoReadError."""
-    from streamformer_jax.video import VideoReader
-
+    """Every frame of a video, short side resized to `size` (bilinear): uint8 [n, H', W', 3]. Raises
+    VideoReadError."""
     with VideoReader(path, None) as reader:
         return np.stack([resize_short_side(f, size) for _, f in reader])
 
@@ -177,121 +172,6 @@ def center_view(frames: np.ndarray, protocol: Protocol, crop: int) -> np.ndarray
 
 # ------------------------------------------------------------------------------------------- model functions
 
-POOLINGS = ("mean", "last", "official_bug")
-
-
-def official_bug_groups(tokens, num_groups: int | None = None):
-    """Our post-LN tokens [B, T, N, D] -> the groups the original AR model pools: [B, G, N*T/G, D].
-
-    The original holds [B, N*T, D] in token order n*T + t and calls `.view(B * config.num_frames, -1, D)`,
-    so (G = config.num_frames, = T for the usual 16-frame clips) group g holds the official tokens
-    g*M .. g*M + M - 1 with M = N*T/G, patch-major: a mix of patch positions over all frames.
-    """
-    import jax.numpy as jnp
-
-    b, t, n, d = tokens.shape
-    g = t if num_groups is None else int(num_groups)
-    if (n * t) % g:
-        raise ValueError(f"{n * t} tokens cannot be viewed as {g} groups (the original would raise)")
-    official = jnp.transpose(tokens, (0, 2, 1, 3)).reshape(b, n * t, d)  # token n*T + t
-    return official.reshape(b, g, n * t // g, d)
-
-
-def pool_clip(model, pixels, pooling: str = "mean"):
-    """Normalised pixels [B, T, H, W, 3] -> one vector per clip [B, D]."""
-    out = model(pixels)
-    if pooling == "mean":
-        return out["pooler_output"].mean(axis=1)
-    if pooling == "last":
-        return out["pooler_output"][:, -1]
-    if pooling == "official_bug":
-        groups = official_bug_groups(out["last_hidden_state"], model.config.num_frames)
-        return model.head(groups).mean(axis=1)
-    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-
-
-def init_head(dim: int, num_classes: int, seed: int = 0, std: float = 0.02) -> dict:
-    rng = np.random.default_rng(seed)
-    return {"fc_norm": {"scale": np.ones(dim, np.float32), "bias": np.zeros(dim, np.float32)},
-            "classifier": {"kernel": (rng.standard_normal((dim, num_classes)) * std).astype(np.float32),
-                           "bias": np.zeros(num_classes, np.float32)}}
-
-
-def head_logits(head: Mapping, feats, eps: float = 1e-6):
-    """The original classification head: LayerNorm (`fc_norm`) then Linear (`classifier`). [B, D] -> [B, C]."""
-    import jax.numpy as jnp
-
-    x = feats.astype(jnp.float32)
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    x = (x - mu) / jnp.sqrt(var + eps) * head["fc_norm"]["scale"] + head["fc_norm"]["bias"]
-    return x @ head["classifier"]["kernel"] + head["classifier"]["bias"]
-
-
-def head_from_state_dict(state: Mapping[str, np.ndarray]) -> dict:
-    """fc_norm / classifier of an original AR checkpoint (`k400.pt` / `ssv2.pt` model state, numpy)."""
-    state = _strip_module(state)
-    return {"fc_norm": {"scale": np.asarray(state["fc_norm.weight"], np.float32),
-                        "bias": np.asarray(state["fc_norm.bias"], np.float32)},
-            "classifier": {"kernel": np.asarray(state["classifier.weight"], np.float32).T.copy(),
-                           "bias": np.asarray(state["classifier.bias"], np.float32)}}
-
-
-def ar_checkpoint_to_ours(state: Mapping[str, np.ndarray], config) -> tuple[dict, dict]:
-    """An original AR model state dict -> (our backbone flat params, head). Keys may carry `module.`."""
-    from streamformer_jax.convert.keymap import MASK_BUFFER, official_to_ours
-
-    state = _strip_module(state)
-    backbone = {k: v for k, v in state.items() if not k.startswith(("fc_norm.", "classifier."))}
-    masks = {MASK_BUFFER.format(l=l) for l in range(config.num_layers)}
-    backbone = {k: v for k, v in backbone.items() if k not in masks}
-    return official_to_ours(backbone, config, source="AR checkpoint"), head_from_state_dict(state)
-
-
-def load_ar_checkpoint(path, config) -> tuple[dict, dict]:
-    """An original AR checkpoint file (`k400.pt` / `ssv2.pt`: a state dict, or a dict holding it under
-    "model" or "module" as DeepSpeed writes) -> (our backbone params, head). Needs torch."""
-    from streamformer_jax.convert.torch_io import require_torch
-
-    torch = require_torch()
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "module"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    state = {k: v.detach().float().numpy() for k, v in obj.items() if hasattr(v, "detach")}
-    return ar_checkpoint_to_ours(state, config)
-
-
-def ours_to_ar_checkpoint(params: Mapping[str, np.ndarray], head: Mapping, config) -> dict[str, np.ndarray]:
-    """Our backbone params + head -> the original AR model's state dict (NumPy float32, PyTorch layouts, mask
-    buffers included); the inverse of `ar_checkpoint_to_ours`."""
-    from streamformer_jax.convert.keymap import ours_to_official
-
-    state = ours_to_official(params, config)
-    state["fc_norm.weight"] = np.asarray(head["fc_norm"]["scale"], np.float32)
-    state["fc_norm.bias"] = np.asarray(head["fc_norm"]["bias"], np.float32)
-    state["classifier.weight"] = np.ascontiguousarray(np.asarray(head["classifier"]["kernel"], np.float32).T)
-    state["classifier.bias"] = np.asarray(head["classifier"]["bias"], np.float32)
-    return state
-
-
-def save_ar_checkpoint(path, config, params: Mapping[str, np.ndarray], head: Mapping) -> pathlib.Path:
-    """Write `{"model": AR state dict}` (what `load_ar_checkpoint` and the original AR code read). Needs torch."""
-    from streamformer_jax.convert.torch_io import require_torch, save_model_state
-
-    torch = require_torch()
-    state = {k: torch.from_numpy(v) for k, v in ours_to_ar_checkpoint(params, head, config).items()}
-    path = pathlib.Path(path)
-    save_model_state(path, state)
-    return path
-
-
-def _strip_module(state):
-    if any(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
-    return dict(state)
-
 
 class ClipClassifier:
     """A frozen backbone + pooling + head, compiled once per batch shape, data-parallel over `mesh`.
@@ -301,21 +181,16 @@ class ClipClassifier:
     """
 
     def __init__(self, config, params, head: Mapping | None = None, pooling: str = "mean", mesh=None):
-        import jax
-        from flax import nnx
-
-        from streamformer_jax import sharding
-        from streamformer_jax.models.params import model_from_flat_params
-        from streamformer_jax.models.streamformer import normalize_pixels
-
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.config, self.pooling = config, pooling
         self.mesh = mesh if mesh is not None else sharding.make_mesh()
         graphdef, state = nnx.split(model_from_flat_params(config, params))
         self._state = sharding.shard_state(state, self.mesh, "dp")
-        self._repl = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        self.head = None if head is None else jax.device_put(head, self._repl)
+        self._replicated = sharding.replicated(self.mesh)
+        self.head = None
+        if head is not None:
+            self.set_head(head)
 
         def feats(state, frames):
             return pool_clip(nnx.merge(graphdef, state), normalize_pixels(frames), pooling)
@@ -328,21 +203,16 @@ class ClipClassifier:
         self._feats = jax.jit(feats)
         self._probs = jax.jit(probs)
 
+    def set_head(self, head: Mapping) -> None:
+        """The classification head (a head dict), replicated on the mesh."""
+        self.head = jax.device_put(head, self._replicated)
+
     @property
     def batch_devices(self) -> int:
-        import jax
-
-        from streamformer_jax.sharding import BATCH_AXES
-
-        n = int(np.prod([self.mesh.shape[a] for a in BATCH_AXES]))
-        return max(1, n // jax.process_count())  # rows per host must be a multiple of its batch devices
+        return sharding.batch_devices(self.mesh)  # rows per host must be a multiple of it
 
     def _put(self, frames: np.ndarray):
-        import jax
-
-        from streamformer_jax.sharding import batch_sharding
-
-        return jax.make_array_from_process_local_data(batch_sharding(self.mesh, frames.ndim), frames)
+        return jax.make_array_from_process_local_data(sharding.batch_sharding(self.mesh, frames.ndim), frames)
 
     @staticmethod
     def _local(x) -> np.ndarray:
@@ -368,8 +238,6 @@ class ClipClassifier:
 
 
 def host_slice(items: Sequence, process_index: int | None = None, process_count: int | None = None) -> list:
-    import jax
-
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     return list(items)[pi::pc]
@@ -404,10 +272,6 @@ def evaluate(classifier, videos: Sequence[tuple[str, int]], protocol: Protocol, 
     keep_scores: also return the view-averaged softmax of this host's videos as result["scores"] [n, C]
     (in the order of result["per_video"]; not written to the JSON).
     """
-    from tqdm.auto import tqdm
-
-    from streamformer_jax.video import VideoReadError
-
     crop = classifier.config.image_size
     if batch_size % classifier.batch_devices:
         raise ValueError(f"batch_size {batch_size} must be a multiple of the {classifier.batch_devices} "
@@ -469,18 +333,12 @@ def evaluate(classifier, videos: Sequence[tuple[str, int]], protocol: Protocol, 
 
 
 def _sum_over_hosts(x: np.ndarray) -> np.ndarray:
-    import jax
-
     if jax.process_count() == 1:
         return x
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(x)).sum(0)
 
 
 def _write_json(path, obj) -> None:
-    import jax
-
     path = pathlib.Path(path)
     if jax.process_count() > 1:  # per-video lists are per host; the summary is the same everywhere
         path = path.with_name(f"{path.stem}.host{jax.process_index()}{path.suffix}")
@@ -497,10 +355,6 @@ def extract_train_features(classifier, videos: Sequence[tuple[str, int]], protoc
                            batch_size: int = 8, progress: bool = True, load_view: Callable | None = None
                            ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """One centre view per video -> (features [N, D], labels [N], failed). This host's slice only."""
-    from tqdm.auto import tqdm
-
-    from streamformer_jax.video import VideoReadError
-
     crop = classifier.config.image_size
     load_view = load_view or (lambda p: center_view(decode_all(p, crop), protocol, crop))
     failed = []
@@ -532,12 +386,8 @@ def extract_train_features(classifier, videos: Sequence[tuple[str, int]], protoc
 
 def gather_rows(feats: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Concatenate every host's (features, labels) rows in host order (identity on one host)."""
-    import jax
-
     if jax.process_count() == 1:
         return feats, labels
-    from jax.experimental import multihost_utils
-
     counts = np.asarray(multihost_utils.process_allgather(np.array([len(labels)]))).reshape(-1)
     m = int(counts.max())
     pad_f = np.zeros((m, feats.shape[1]), np.float32)
@@ -554,10 +404,6 @@ def train_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: in
                        learning_rate: float = 1e-2, weight_decay: float = 1e-4, batch_size: int | None = None,
                        seed: int = 0) -> dict:
     """Train the (fc_norm + classifier) head on frozen features with AdamW + softmax cross-entropy."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
     x = jnp.asarray(features, jnp.float32)
     y = jnp.asarray(labels, jnp.int32)
     head = jax.tree.map(jnp.asarray, init_head(x.shape[1], num_classes, seed))
@@ -586,34 +432,21 @@ def train_linear_probe(features: np.ndarray, labels: np.ndarray, num_classes: in
     return jax.tree.map(np.asarray, head)
 
 
-def save_head(path, head: Mapping) -> None:
-    np.savez(path, **{f"{a}.{b}": v for a, d in head.items() for b, v in d.items()})
-
-
-def load_head(path) -> dict:
-    with np.load(path) as z:
-        out: dict = {}
-        for k in z.files:
-            a, b = k.split(".")
-            out.setdefault(a, {})[b] = z[k]
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.action_recognition",
+    p = cli.ArgumentParser(prog="python -m eval.action_recognition",
                                 description="Action recognition: linear probe on frozen features and the "
                                 "original multi-view test protocol (K400 4x3, SSv2 2x3).")
     sub = p.add_subparsers(dest="command", required=True)
     for name in ("probe", "evaluate"):
         s = sub.add_parser(name)
-        s.add_argument("--checkpoint", required=True, help="our checkpoint or an official HF directory")
+        cli.add_checkpoint(s)
         s.add_argument("--dataset", choices=("k400", "ssv2"), required=True)
         s.add_argument("--val-list", required=True, help="annotation list: 'file,label' or 'id label' lines")
         s.add_argument("--root", default="", help="directory the list's file names are relative to")
-        s.add_argument("--out", required=True, help="results JSON")
+        cli.add_out(s, help="results JSON", metavar="OUT.json")
         s.add_argument("--pooling", choices=POOLINGS[:2], default="mean")
         s.add_argument("--official-pooling-bug", action="store_true",
                        help="pool as the original AR model (needed to reproduce the released k400.pt/ssv2.pt)")
@@ -636,11 +469,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import jax
-
-    from streamformer_jax.checkpoint import load_any
-
     args = build_parser().parse_args(argv)
+    return cli.run(lambda: _main(args), errors=(ValueError, OSError, KeyError))
+
+
+def _main(args) -> int:
     config, params = load_any(args.checkpoint)
     ar_head = None
     if getattr(args, "ar_checkpoint", None):
@@ -666,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                      probe={"steps": args.steps, "lr": args.lr, "weight_decay": args.weight_decay})
     else:
         head = ar_head if ar_head is not None else load_head(args.head)
-    clf.head = jax.device_put(head, clf._repl)
+    clf.set_head(head)
     res = evaluate(clf, val, protocol, batch_size=batch, progress=not args.no_progress, out=args.out, extra=extra)
     print(f"{args.dataset}: top1 {res['top1']:.4f} top5 {res['top5']:.4f} over {res['num_videos']} videos "
           f"({res['num_failed']} unreadable) -> {args.out}", file=sys.stderr)

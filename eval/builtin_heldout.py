@@ -11,11 +11,13 @@ own frame size, length, motion direction and a shade of its class colour (each R
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 
 import numpy as np
+
+from data_pipelines.pipeline.builtin import CLASS_NAMES, COLOURS, write_clip
+from streamformer_jax import cli
 
 LIST_FILE = "heldout.csv"
 
@@ -23,8 +25,6 @@ LIST_FILE = "heldout.csv"
 def write_heldout_set(out_dir, *, per_class: int = 4, seed: int = 1, colour_jitter: int = 20, fps: int = 8
                       ) -> pathlib.Path:
     """Write `per_class` clips per built-in class under `out_dir/videos` and return the annotation list path."""
-    from data_pipelines.pipeline.builtin import CLASS_NAMES, COLOURS, write_clip
-
     rng = np.random.default_rng(seed)
     out = pathlib.Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
@@ -46,14 +46,18 @@ def write_heldout_set(out_dir, *, per_class: int = 4, seed: int = 1, colour_jitt
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.builtin_heldout", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="output directory (videos/ and heldout.csv)")
-    p.add_argument("--per-class", type=int, default=4)
+    p = cli.ArgumentParser(prog="python -m eval.builtin_heldout", description=__doc__.split("\n\n")[0])
+    cli.add_out(p, help="output directory (videos/ and heldout.csv)", metavar="DIR")
+    p.add_argument("--per-class", type=cli.positive(int), default=4)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
-    path = write_heldout_set(args.out, per_class=args.per_class, seed=args.seed)
-    print(f"wrote {path} (use --val-list {path} --root {path.parent})", file=sys.stderr)
-    return 0
+
+    def run() -> int:
+        path = write_heldout_set(args.out, per_class=args.per_class, seed=args.seed)
+        print(f"wrote {path} (use --val-list {path} --root {path.parent})", file=sys.stderr)
+        return 0
+
+    return cli.run(run)
 
 
 if __name__ == "__main__":

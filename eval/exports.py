@@ -1,15 +1,17 @@
 """Exports of our backbone for the PyTorch downstream stacks (VideoQA / LLaVA, online VIS / CTVIS ViT-Adapter).
 
     # VideoQA: an HF directory the LLaVA vision tower (`TimesformerVisionTower`) loads with from_pretrained
-    python -m eval.exports videoqa --src CKPT --dst checkpoints/streamformer-all
+    python -m eval.exports videoqa --checkpoint CKPT --out checkpoints/streamformer-all
 
     # OVIS (CTVIS + ViT-Adapter): the backbone keys under `timesformer.` in {"model": ...} for
     # MODEL.BACKBONE.CHECKPOINT (needs torch), or an HF directory with LoRA folded in for MODEL.BACKBONE.PRETRAINED
-    python -m eval.exports ovis --src CKPT --dst streamformer_ovis.pth
-    python -m eval.exports ovis --src CKPT --dst streamformer_ovis_hf
+    python -m eval.exports ovis --checkpoint CKPT --out streamformer_ovis.pth
+    python -m eval.exports ovis --checkpoint CKPT --out streamformer_ovis_hf
 
     # continuing pretraining in the original code: the pretraining checkpoint layout (exists already)
-    python -m streamformer_jax.convert export-pytorch --src CKPT --dst checkpoint-epoch.pth
+    python -m streamformer_jax.convert export-pytorch --checkpoint CKPT --out checkpoint-epoch.pth
+
+(`--src` / `--dst` are accepted for `--checkpoint` / `--out`.)
 
 VideoQA (spec §7.4, §3): the VideoQA copy of `TimesformerMultiTaskingModelSigLIP` always adds spatial LoRA
 (rank 32) and registers no temporal `mask` buffers. The export therefore holds the backbone keys of §1.8
@@ -31,16 +33,18 @@ A directory export folds LoRA into the base weights (W + B A), since `add_lora_s
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import pathlib
 import sys
 from typing import Mapping
 
 import numpy as np
 
-OFFICIAL_LORA_RANK = 32
+from streamformer_jax import cli
+from streamformer_jax.checkpoint import load_any
+from streamformer_jax.convert.keymap import ours_to_official
+from streamformer_jax.convert.official import write_hf_dir
+from streamformer_jax.convert.torch_io import require_torch, save_model_state
+from streamformer_jax.models.config import OFFICIAL_LORA_RANK
 OVIS_PREFIX = "timesformer."
 OVIS_BACKBONE_PREFIXES = ("embeddings.", "encoder.", "post_layernorm.")
 _LORA_SHAPES = {  # official key suffix -> shape as a function of (D, r)
@@ -52,8 +56,6 @@ _LORA_SHAPES = {  # official key suffix -> shape as a function of (D, r)
 
 
 def _official(config, params, include_buffers: bool) -> dict[str, np.ndarray]:
-    from streamformer_jax.convert.keymap import ours_to_official
-
     return ours_to_official({k: np.asarray(v) for k, v in params.items()}, config, include_buffers=include_buffers)
 
 
@@ -105,16 +107,7 @@ def videoqa_config(config) -> dict:
 
 def export_videoqa(config, params, dst) -> pathlib.Path:
     """Write `dst/config.json` + `dst/model.safetensors` for `TimesformerVisionTower` / from_pretrained."""
-    from safetensors.numpy import save_file
-
-    dst = pathlib.Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    state = videoqa_state_dict(config, params)
-    tmp = dst / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, dst / "model.safetensors")
-    (dst / "config.json").write_text(json.dumps(videoqa_config(config), indent=2, sort_keys=True) + "\n")
-    return dst
+    return write_hf_dir(dst, videoqa_state_dict(config, params), videoqa_config(config))
 
 
 # ------------------------------------------------------------------------------------------------------ OVIS
@@ -138,56 +131,41 @@ def export_ovis(config, params, dst, prefix: str = OVIS_PREFIX) -> pathlib.Path:
     MODEL.BACKBONE.PRETRAINED."""
     dst = pathlib.Path(dst)
     if dst.suffix in (".pth", ".pt"):
-        from streamformer_jax.convert.torch_io import require_torch
-
         torch = require_torch()
         state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ovis_state_dict(config, params, prefix).items()}
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(dst.name + ".tmp")
-        torch.save({"model": state}, tmp)
-        os.replace(tmp, dst)
+        save_model_state(dst, state)
         return dst
-    from safetensors.numpy import save_file
-
-    dst.mkdir(parents=True, exist_ok=True)
-    state = ovis_state_dict(config, params, prefix="", fold=True)
-    tmp = dst / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, dst / "model.safetensors")
     cfg = config.replace(lora_rank=0).to_hf_dict()  # LoRA is folded into the base weights
     cfg.update(add_lora_spatial=False, architectures=["TimesformerMultiTaskingModelSigLIPViTAdapter"])
-    (dst / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    return dst
+    return write_hf_dir(dst, ovis_state_dict(config, params, prefix="", fold=True), cfg)
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamformer_jax.checkpoint import load_any
-
-    p = argparse.ArgumentParser(prog="python -m eval.exports", description="Backbone exports for the PyTorch "
-                                "downstream stacks (VideoQA, OVIS). See the module docstring.")
+    p = cli.ArgumentParser(prog="python -m eval.exports", description="Backbone exports for the PyTorch "
+                           "downstream stacks (VideoQA, OVIS). See the module docstring.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("videoqa", help="HF directory for the LLaVA vision tower")
-    s.add_argument("--src", required=True, help="our checkpoint or an official HF directory")
-    s.add_argument("--dst", required=True, help="output directory")
+    cli.add_checkpoint(s, "--src")
+    cli.add_out(s, "--dst", help="output directory", metavar="DIR")
     s = sub.add_parser("ovis", help="ViT-Adapter backbone weights (.pth for CHECKPOINT, directory for PRETRAINED)")
-    s.add_argument("--src", required=True)
-    s.add_argument("--dst", required=True, help=".pth file or output directory")
+    cli.add_checkpoint(s, "--src")
+    cli.add_out(s, "--dst", help=".pth file or output directory")
     s.add_argument("--prefix", default=OVIS_PREFIX, help="key prefix in the .pth (default 'timesformer.')")
     args = p.parse_args(argv)
-    try:
-        config, params = load_any(args.src)
+
+    def run() -> int:
+        config, params = load_any(args.checkpoint)
         if args.command == "videoqa":
-            out = export_videoqa(config, params, args.dst)
+            out = export_videoqa(config, params, args.out)
         else:
-            out = export_ovis(config, params, args.dst, args.prefix)
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}", file=sys.stderr)
-    return 0
+            out = export_ovis(config, params, args.out, args.prefix)
+        print(f"wrote {out}", file=sys.stderr)
+        return 0
+
+    return cli.run(run)
 
 
 if __name__ == "__main__":

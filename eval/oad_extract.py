@@ -39,7 +39,13 @@ import pathlib
 import sys
 from typing import Iterable, Iterator, Sequence
 
+import jax
 import numpy as np
+from tqdm.auto import tqdm
+
+from streamformer_jax import cli
+from streamformer_jax.api import FeatureExtractor
+from streamformer_jax.video import VideoReader, VideoReadError, count_frames, index_resample, take_indices
 
 CHUNK = 6
 TARGET_FPS = 24.0
@@ -49,7 +55,7 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpe
 
 def resample_indices(n: int, fps: float, target_fps: float = TARGET_FPS) -> np.ndarray:
     """The original 24-fps resampling: linspace(0, n-1, int(n / fps * 24)).astype(int)."""
-    return np.linspace(0, n - 1, int(n / fps * target_fps)).astype(int)
+    return index_resample(n, fps, target_fps)
 
 
 def chunk_ends(n24: int, chunk: int = CHUNK) -> np.ndarray:
@@ -64,22 +70,8 @@ def output_name(video: str) -> str:
     return str(video).replace(os.sep, "/").split("/")[-1].split(".")[0] + ".npy"
 
 
-def count_frames(path) -> int:
-    """Frames in the file: demuxed video packets (no decoding); .npy arrays: their length."""
-    import av
-
-    path = pathlib.Path(path)
-    if path.suffix.lower() == ".npy":
-        return int(np.load(path, mmap_mode="r").shape[0])
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return sum(1 for p in container.demux(stream) if p.size)
-
-
 def resampled_frames(path, size: int, npy_fps: float = 24.0) -> tuple[int, Iterator[np.ndarray]]:
     """(N24, iterator over the N24 resampled uint8 frames [size, size, 3]). Raises VideoReadError."""
-    from streamformer_jax.video import VideoReader, VideoReadError
-
     reader = VideoReader(path, size, npy_fps=npy_fps)
     fps = reader.source_fps
     if not fps > 0:
@@ -87,25 +79,19 @@ def resampled_frames(path, size: int, npy_fps: float = 24.0) -> tuple[int, Itera
         raise VideoReadError(path, "unknown frame rate")
     try:
         n = count_frames(path)
+    except VideoReadError:
+        reader.close()
+        raise
     except Exception as err:  # noqa: BLE001 - av errors on a file VideoReader could open
         reader.close()
         raise VideoReadError(path, f"cannot count frames ({err})") from None
     idx = resample_indices(n, fps)
 
     def frames():
-        want = collections.Counter(idx.tolist())
-        emitted = 0
-        for i, (_, frame) in enumerate(reader):
-            for _ in range(want.get(i, 0)):
-                emitted += 1
-                yield frame
-            if emitted == len(idx):
-                reader.close()
-                return
-        if emitted < len(idx):  # fewer decodable frames than demuxed packets: repeat the last one
-            last = frame  # noqa: F821 - the loop ran at least once (VideoReader raises otherwise)
-            for _ in range(len(idx) - emitted):
-                yield last
+        try:
+            yield from take_indices((frame for _, frame in reader), idx)
+        finally:
+            reader.close()
 
     return len(idx), frames()
 
@@ -153,8 +139,6 @@ class _ChunkRunner:
 def extract_video(fx, path, *, mode: str = "chunks", window: int | None = None, batch_size: int = 16,
                   npy_fps: float = 24.0) -> np.ndarray:
     """Features [N24 // 6, D] float32 of one video. Raises VideoReadError."""
-    from streamformer_jax.video import VideoReadError
-
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     n24, frames = resampled_frames(path, fx.config.image_size, npy_fps)
@@ -208,11 +192,6 @@ def extract_all(fx, videos: Sequence[str], out_dir, *, mode: str = "chunks", win
                 batch_size: int = 16, num_shards: int | None = None, shard_index: int | None = None,
                 progress: bool = True, npy_fps: float = 24.0) -> dict:
     """Extract this shard's videos into `out_dir`; skip finished ones. Returns a summary dict."""
-    import jax
-    from tqdm.auto import tqdm
-
-    from streamformer_jax.video import VideoReadError
-
     num_shards = jax.process_count() if num_shards is None else int(num_shards)
     shard_index = jax.process_index() if shard_index is None else int(shard_index)
     if not 0 <= shard_index < num_shards:
@@ -250,17 +229,18 @@ def extract_all(fx, videos: Sequence[str], out_dir, *, mode: str = "chunks", win
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m eval.oad_extract", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="our checkpoint or an official HF directory")
+    p = cli.ArgumentParser(prog="python -m eval.oad_extract", description=__doc__.split("\n\n")[0])
+    cli.add_checkpoint(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--videos", help="a directory of videos or a text file with one path per line")
     src.add_argument("--annotation-folder", help="folder with train.json / val.json / test.json (the original)")
     p.add_argument("--dataset", default="THUMOS14", choices=("THUMOS14", "TVSeries"))
     p.add_argument("--data-path", default="", help="root the listed video paths are relative to")
-    p.add_argument("--out", required=True, help="feature folder (one <video>.npy per video)")
+    cli.add_out(p, help="feature folder (one <video>.npy per video)", metavar="DIR")
     p.add_argument("--mode", choices=MODES, default="chunks")
-    p.add_argument("--window", type=int, default=None, help="stream mode: KV-cache window (default num_frames)")
-    p.add_argument("--batch-size", type=int, default=16, help="chunks per forward (chunks mode)")
+    p.add_argument("--window", type=cli.positive(int), default=None,
+                   help="stream mode: KV-cache window (default num_frames)")
+    p.add_argument("--batch-size", type=cli.positive(int), default=16, help="chunks per forward (chunks mode)")
     p.add_argument("--num-shards", type=int, default=None)
     p.add_argument("--shard-index", type=int, default=None)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None)
@@ -269,9 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streamformer_jax.api import FeatureExtractor
-
     args = build_parser().parse_args(argv)
+    return cli.run(lambda: _main(args), interrupted="interrupted: finished videos are kept; run again to resume")
+
+
+def _main(args) -> int:
     if args.videos:
         videos = list_videos(args.videos, args.data_path)
     else:

@@ -29,6 +29,7 @@ from flax import nnx
 from streamformer_jax.models import config as configs
 from streamformer_jax.models import streaming
 from streamformer_jax.models.streamformer import init_model, normalize_pixels
+from streamformer_jax.train.flops import matmul_peak_gflops
 
 CLIP_GFLOP = 801.6  # forward FLOPs of one 16x224x224 clip (official measurement, spec §0)
 
@@ -40,14 +41,6 @@ def timed(fn, repeats: int) -> list[float]:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - start)
     return times
-
-
-def matmul_peak_gflops(dtype, n: int = 4096, repeats: int = 5) -> float:
-    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
-    b = jnp.asarray(np.random.default_rng(1).standard_normal((n, n)), dtype)
-    dot = jax.jit(jnp.dot)
-    jax.block_until_ready(dot(a, b))
-    return 2 * n**3 / min(timed(lambda: dot(a, b), repeats)) / 1e9
 
 
 def _copy(tree):

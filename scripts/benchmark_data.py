@@ -21,10 +21,17 @@ import json
 import math
 import os
 import pathlib
+import sys
 import tempfile
 import time
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout: `python scripts/...`
+from data_pipelines.pipeline import loader, transforms  # noqa: E402
+from data_pipelines.records import frames as jpeg  # noqa: E402
+from data_pipelines.records import schema, sources  # noqa: E402
+from streamformer_jax import video  # noqa: E402
 
 
 def synthetic_frames(seed: int, num_frames: int, size=(340, 256)) -> np.ndarray:
@@ -39,27 +46,21 @@ def synthetic_frames(seed: int, num_frames: int, size=(340, 256)) -> np.ndarray:
 
 
 def real_frames(paths, num_frames: int) -> list[np.ndarray]:
-    from data_pipelines import video
-
     return [video.read_video(p, max_frames=num_frames, short_side=256)[1] for p in paths]
 
 
 def make_records(clips: list[np.ndarray], fps: float = 10.0) -> list[bytes]:
-    from data_pipelines import schema
-
     records = []
     for k, frames in enumerate(clips):
         n, h, w = frames.shape[:3]
         records.append(schema.encode_record(dict(
-            task="kinetics", video_id=f"bench{k:04d}", frames=[schema.encode_jpeg(f) for f in frames],
+            task="kinetics", video_id=f"bench{k:04d}", frames=[jpeg.encode_jpeg(f) for f in frames],
             frame_times=np.arange(n) / fps, fps=fps, source_fps=fps, height=h, width=w, label=k % 400)))
     return records
 
 
 def per_core(source, transform, clips: int) -> dict:
     """Clips per CPU-second of this process (one thread), with the time split."""
-    from data_pipelines import schema
-
     rng = np.random.default_rng(0)
     for i in range(3):  # warm-up (imports, caches)
         transform.random_map(source[i % len(source)], rng)
@@ -88,8 +89,6 @@ def per_core(source, transform, clips: int) -> dict:
 
 
 def loader_throughput(source, transform, workers: int, batches: int, batch_size: int) -> dict:
-    from data_pipelines.pipeline import loader
-
     ds = loader.task_dataset(source, transform, seed=0, host_batch_size=batch_size)
     with loader.BatchIterator(ds, worker_count=workers, worker_buffer_size=2) as it:
         next(it)  # worker start-up is not steady-state throughput
@@ -115,9 +114,6 @@ def main(argv=None):
                    help="RandAugment spec for the second per-core measurement and the loader run ('' = off)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
-
-    from data_pipelines.pipeline import sources, tasks
-
     if args.videos:
         paths = sorted(q for q in pathlib.Path(args.videos).iterdir() if q.suffix in (".mp4", ".avi", ".mkv", ".webm"))
         clips = real_frames(paths, args.frames_per_video)
@@ -127,8 +123,8 @@ def main(argv=None):
         clips = [synthetic_frames(k, args.frames_per_video) for k in range(args.num_videos)]
         content = "synthetic textured frames"
     records = make_records(clips)
-    plain = tasks.make_transform("kinetics", tasks.ClipOptions(num_frames=16, size=224, crop="rrc"))
-    full = tasks.make_transform("kinetics", tasks.ClipOptions(num_frames=16, size=224, crop="rrc",
+    plain = transforms.make_transform("kinetics", transforms.ClipOptions(num_frames=16, size=224, crop="rrc"))
+    full = transforms.make_transform("kinetics", transforms.ClipOptions(num_frames=16, size=224, crop="rrc",
                                                               randaugment=args.randaugment))
     shapes = sorted({c.shape[1:3] for c in clips})
     results = {"content": content, "stored_frame_sizes_hw": [list(s) for s in shapes],

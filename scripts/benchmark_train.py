@@ -21,10 +21,15 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+import jax
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout: `python scripts/...`
+from data_pipelines.pipeline import loader  # noqa: E402
+from streamformer_jax.train import flops as flops_lib  # noqa: E402
+from streamformer_jax.train import loop  # noqa: E402
+from streamformer_jax.train.step import device_batch  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config (configs/*.py[:variant]).", lock_config=True)
@@ -35,22 +40,6 @@ flags.DEFINE_integer("peak_size", 4096, "Side of the square float32 matrices for
 flags.DEFINE_string("workdir", "", "Scratch directory (built-in dataset cache); default: a temporary directory.")
 flags.DEFINE_string("json_out", "", "Also write the results as JSON here.")
 flags.mark_flag_as_required("config")
-
-
-def matmul_peak_gflops(n: int, reps: int = 5) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
-    dot(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        dot(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def _cost(compiled) -> tuple[float, dict]:
@@ -68,17 +57,7 @@ def _cost(compiled) -> tuple[float, dict]:
 
 def main(argv):
     del argv
-    from absl import logging
-
     logging.set_verbosity(logging.WARNING)
-    import jax
-
-    from data_pipelines.pipeline import loader
-    from streamformer_jax.train import flops as flops_lib
-    from streamformer_jax.train import loop
-    from streamformer_jax.train.model import backbone_config
-    from streamformer_jax.train.step import device_batch
-
     config = FLAGS.config
     workdir = pathlib.Path(FLAGS.workdir or tempfile.mkdtemp(prefix="sf_bench_"))
     setup = loop.Setup(config, workdir, log=lambda s: None)
@@ -130,7 +109,7 @@ def main(argv):
         times.append(time.perf_counter() - t)
     step_s = sorted(times)[len(times) // 2]
 
-    bb = backbone_config(config)
+    bb = setup.tm.backbone
     clips = config.micro_batch_size * accum
     model_flops = flops_lib.train_flops_per_clip(bb, num_frames=data.num_frames, image_size=data.image_size) * clips
     n_dev = jax.device_count()
@@ -148,7 +127,7 @@ def main(argv):
         "model_tflops_per_device": tflops_dev, "memory_bytes": memory, "loss": float(metrics["loss"]),
     }
     if measure:
-        gflops = matmul_peak_gflops(FLAGS.peak_size)
+        gflops = flops_lib.matmul_peak_gflops(n=FLAGS.peak_size)
         result["matmul_peak_gflops_per_process"] = gflops
         result["achieved_gflops"] = model_flops / step_s / 1e9
         result["achieved_fraction_of_matmul_peak"] = result["achieved_gflops"] / gflops

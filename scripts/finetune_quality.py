@@ -15,7 +15,6 @@ WORKDIR/summary.json (also printed).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import sys
@@ -23,24 +22,22 @@ import sys
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_config(arg: str = "tiny"):
-    spec = importlib.util.spec_from_file_location("_sf_finetune_k400", REPO / "configs" / "finetune_k400.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+sys.path.insert(0, str(REPO))  # run from a checkout: `python scripts/...`
+from eval import action_recognition  # noqa: E402
+from eval.builtin_heldout import write_heldout_set  # noqa: E402
+from streamformer_jax.checkpoint import save_checkpoint  # noqa: E402
+from streamformer_jax.param_tree import flat_params  # noqa: E402
+from streamformer_jax.train import loop  # noqa: E402
+from streamformer_jax.train.config_files import load_config  # noqa: E402
+from streamformer_jax.train.model_kinds import build_task_model  # noqa: E402
+from streamformer_jax.train.task_model import ModelSettings  # noqa: E402
 
 
 def export_initial(config, workdir: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
     """The model as the run starts (same build, same seed), exported as the trainer exports at the end."""
-    from streamformer_jax.checkpoint import save_checkpoint
-    from streamformer_jax.train import loop
-    from streamformer_jax.train.model import build_task_model, flat_values
-
     meta = loop.read_metadata(loop.task_directories(loop.data_config(config, workdir)))
-    tm = build_task_model(config, {t: list(m.get("class_names", [])) for t, m in meta.items()})
-    flat = {k: np.asarray(v) for k, v in flat_values(tm.model).items()}
+    tm = build_task_model(ModelSettings.from_config(config), {t: list(m.get("class_names", [])) for t, m in meta.items()})
+    flat = {k: np.asarray(v) for k, v in flat_params(tm.model, None).items()}
     backbone = {k[len("backbone."):]: v for k, v in flat.items() if k.startswith("backbone.")}
     path = save_checkpoint(out, tm.backbone.replace(dtype="float32"), backbone, extra={"source": "untrained"})
     tm.export(flat, path)
@@ -48,8 +45,6 @@ def export_initial(config, workdir: pathlib.Path, out: pathlib.Path) -> pathlib.
 
 
 def evaluate(export: pathlib.Path, val_list: pathlib.Path, out: pathlib.Path) -> dict:
-    from eval import action_recognition
-
     info = json.loads((export / "classifier.json").read_text())
     argv = ["evaluate", "--checkpoint", str(export), "--dataset", "k400", "--val-list", str(val_list),
             "--root", str(val_list.parent), "--head", str(export / info["head"]), "--out", str(out), "--no-progress"]
@@ -63,11 +58,8 @@ def evaluate(export: pathlib.Path, val_list: pathlib.Path, out: pathlib.Path) ->
 
 def run(workdir, *, steps: int = 0, per_class: int = 4, overrides: dict | None = None) -> dict:
     """Train, evaluate before/after on the held-out set; returns the summary. `overrides`: dotted config keys."""
-    from eval.builtin_heldout import write_heldout_set
-    from streamformer_jax.train import loop
-
     workdir = pathlib.Path(workdir).absolute()
-    config = load_config("tiny")
+    config = load_config("finetune_k400", "tiny")
     config.progress_bar = False
     config.builtin_dir = str(workdir / "builtin_data")
     if steps:
@@ -105,5 +97,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     sys.exit(main())

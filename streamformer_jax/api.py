@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from streamformer_jax.checkpoint import load_any
 from streamformer_jax.models import streaming
 from streamformer_jax.models.config import StreamFormerConfig
 from streamformer_jax.models.params import model_from_flat_params
@@ -70,8 +71,6 @@ class FeatureExtractor:
 
         dtype: compute dtype override ("float32" or "bfloat16"); parameters stay float32.
         """
-        from streamformer_jax.checkpoint import load_any
-
         config, params = load_any(path)
         if dtype is not None:
             config = config.replace(dtype=dtype)
@@ -95,6 +94,14 @@ class FeatureExtractor:
     def stream(self, window: int | None = None) -> "FeatureStream":
         """A frame-by-frame stream with a ring-buffer KV cache of `window` frames (default: num_frames)."""
         return FeatureStream(self, window)
+
+    def init_cache(self, batch: int, window: int, height: int, width: int) -> streaming.StreamCache:
+        """An empty streaming cache for `batch` streams of `height` x `width` frames."""
+        return streaming.init_cache(self.model, batch, window, height, width)
+
+    def step(self, cache: streaming.StreamCache, frames: jax.Array) -> tuple[dict, streaming.StreamCache]:
+        """One compiled streaming step: uint8 [B, H, W, 3] -> (outputs, the next cache); `cache` is donated."""
+        return self._step(self._state, cache, frames)
 
 
 class FeatureStream:
@@ -121,11 +128,11 @@ class FeatureStream:
         batched = frame.ndim == 4
         batch = frame[None] if not batched else frame
         if self._cache is None:
-            self._cache = streaming.init_cache(self._fx.model, batch.shape[0], self.window, *batch.shape[1:3])
+            self._cache = self._fx.init_cache(batch.shape[0], self.window, *batch.shape[1:3])
             self._batched, self._shape = batched, batch.shape
         elif batch.shape != self._shape or batched != self._batched:
             raise ValueError(f"frame shape {frame.shape} differs from the stream's first frame "
                              f"{self._shape if self._batched else self._shape[1:]}; call reset() to start anew")
-        out, self._cache = self._fx._step(self._fx._state, self._cache, jnp.asarray(batch))
+        out, self._cache = self._fx.step(self._cache, jnp.asarray(batch))
         return {k: _to_host(v, batched)
                 for k, v in out.items()}

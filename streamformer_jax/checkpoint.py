@@ -1,4 +1,6 @@
-"""Our model checkpoint: `DIR/streamformer_config.json` + `DIR/params/` (orbax, a plain nested dict).
+"""Our model checkpoint (the weights for inference and finetuning; training state is
+`streamformer_jax.train.state_checkpoints`): `DIR/streamformer_config.json` + `DIR/params/` (orbax, a plain
+nested dict).
 
 Names in the nested dict are the stable dotted parameter names split at dots
 (`{"layers": {"0": {"mlp": {"fc1": {"kernel": ...}}}}}`), independent of Flax internals, so they can be
@@ -14,35 +16,16 @@ import shutil
 from typing import Mapping
 
 import numpy as np
+import orbax.checkpoint as ocp
 
+from streamformer_jax.convert.official import is_official_dir, read_official_dir
 from streamformer_jax.models.config import StreamFormerConfig
+from streamformer_jax.param_tree import flatten, nest
 
 CONFIG_FILE = "streamformer_config.json"
 PARAMS_DIR = "params"
 FORMAT = "streamformer_jax"
 FORMAT_VERSION = 1
-
-
-def nest(flat: Mapping[str, object]) -> dict:
-    tree: dict = {}
-    for name, value in flat.items():
-        node = tree
-        *parents, leaf = name.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return tree
-
-
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
@@ -53,8 +36,6 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
 def save_checkpoint(path: str | os.PathLike, config: StreamFormerConfig, params: Mapping[str, object],
                     extra: Mapping[str, object] | None = None) -> pathlib.Path:
     """Write our checkpoint; `extra` (JSON-able) is stored beside the config (e.g. where it came from)."""
-    import orbax.checkpoint as ocp
-
     p = pathlib.Path(path).absolute()
     p.mkdir(parents=True, exist_ok=True)
     (p / CONFIG_FILE).unlink(missing_ok=True)  # mark incomplete while the params change
@@ -87,8 +68,6 @@ def read_config(path: str | os.PathLike) -> StreamFormerConfig:
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[StreamFormerConfig, dict[str, np.ndarray]]:
-    import orbax.checkpoint as ocp
-
     p = pathlib.Path(path).absolute()
     config = read_config(p)
     if not (p / PARAMS_DIR).is_dir():
@@ -100,8 +79,6 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[StreamFormerConfig, dict[s
 
 def load_any(path: str | os.PathLike) -> tuple[StreamFormerConfig, dict[str, np.ndarray]]:
     """Our checkpoint or an official Hugging Face backbone directory, detected from the files present."""
-    from streamformer_jax.convert.official import is_official_dir, read_official_dir
-
     p = pathlib.Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such checkpoint directory")

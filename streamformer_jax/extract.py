@@ -42,7 +42,10 @@ import zipfile
 from typing import Iterable, Iterator
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from streamformer_jax import cli
+from streamformer_jax.api import FeatureExtractor
 from streamformer_jax.video import TruncatedVideoWarning, VideoReader, VideoReadError
 
 MODES = ("stream", "clip")
@@ -163,8 +166,6 @@ def _needs_v2(header: dict) -> bool:
 
 
 def _load_extractor(checkpoint, dtype):
-    from streamformer_jax.api import FeatureExtractor
-
     if isinstance(checkpoint, FeatureExtractor):
         if dtype is not None and dtype != checkpoint.config.dtype:
             raise ExtractError(f"dtype={dtype!r} cannot be applied to an existing FeatureExtractor "
@@ -236,8 +237,6 @@ def extract_features(checkpoint_or_extractor, video, *, mode: str = "stream", wi
 
 
 def _run(fx, reader: VideoReader, sink, mode, window, return_tokens, progress) -> None:
-    from tqdm.auto import tqdm
-
     bar = tqdm(total=reader.expected_frames(), unit="frame", desc=reader.path.name, disable=not progress,
                file=sys.stderr, dynamic_ncols=True, leave=True)
     try:
@@ -250,38 +249,24 @@ def _run(fx, reader: VideoReader, sink, mode, window, return_tokens, progress) -
 
 
 # -- command line ------------------------------------------------------------------------------------------------
-def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m streamformer_jax.extract",
         description="Per-frame StreamFormer features (pooler_output, last_hidden_state, timestamps) of a video "
                     "file or a uint8 [T, H, W, 3] .npy array, written to an .npz.")
-    p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="our checkpoint directory or an official Hugging Face directory (auto-detected)")
+    cli.add_checkpoint(p)
     p.add_argument("--video", required=True, metavar="PATH",
                    help="a video file (decoded with PyAV) or a uint8 [T, H, W, 3] RGB .npy array")
-    p.add_argument("--out", required=True, metavar="OUT.npz", help="output archive (written atomically)")
+    cli.add_out(p, metavar="OUT.npz", help="output archive (written atomically)")
     p.add_argument("--mode", choices=MODES, default="stream",
                    help="stream: streaming path over any length (default); clip: consecutive clips of W frames")
-    p.add_argument("--window", type=_positive(int), default=None, metavar="W",
+    p.add_argument("--window", type=cli.positive(int), default=None, metavar="W",
                    help="stream: KV-cache window in frames; clip: clip length (default: the model's num_frames)")
-    p.add_argument("--fps", type=_positive(float), default=None,
+    p.add_argument("--fps", type=cli.positive(float), default=None,
                    help="target frame rate: keep the frame nearest to each 1/fps step (default: every frame)")
-    p.add_argument("--npy-fps", type=_positive(float), default=1.0,
+    p.add_argument("--npy-fps", type=cli.positive(float), default=1.0,
                    help="frame rate of an .npy input, for its timestamps (default 1: timestamps = indices)")
-    p.add_argument("--max-frames", type=_positive(int), default=None, metavar="N",
+    p.add_argument("--max-frames", type=cli.positive(int), default=None, metavar="N",
                    help="stop after N (selected) frames")
     p.add_argument("--no-tokens", action="store_true",
                    help="leave out last_hidden_state [T, P, D] (for long videos)")
@@ -311,14 +296,12 @@ def _main(args) -> int:
                                 return_tokens=not args.no_tokens, dtype=args.dtype,
                                 progress=not args.no_progress, out=args.out, compress=args.compress)
     except (VideoReadError, ExtractError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return cli.fail(str(err))
     except OSError as err:  # e.g. the output directory is not writable or the disk is full
-        print(f"error: cannot write {args.out}: {err}", file=sys.stderr)
-        return 1
+        return cli.fail(f"cannot write {args.out}: {err}")
     except KeyboardInterrupt:
         print("interrupted; no output written", file=sys.stderr)
-        return 130
+        return cli.INTERRUPTED
     shapes = ", ".join(f"{k} {list(v)}" for k, v in info["shapes"].items())
     print(f"wrote {info['path']}: {info['num_frames']} frames ({shapes})", file=sys.stderr)
     return 0

@@ -1,4 +1,5 @@
-"""Device mesh and logical-axis rules for placing parameters and activations.
+"""The one mesh/sharding module: the device mesh, logical-axis rules for placing parameters, and the shardings
+(and host -> global array helpers) of batches and replicated values.
 
 Parameters carry logical axis names (`embed`, `embed_out` (a D->D map's output), `heads`, `kv`, `mlp`, `lora`, `norm`); a rule set maps them
 onto the mesh axes (`data`, `fsdp`, `tensor`). ViT-B needs no model parallelism for memory, so the default
@@ -6,7 +7,7 @@ is pure data parallelism, but FSDP and tensor parallelism are wired and tested.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -33,15 +34,20 @@ RULES = {
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh with Auto axis types (GSPMD); data=-1 takes the remaining devices."""
+    """A (data, fsdp, tensor) mesh with Auto axis types (GSPMD); one axis may be -1: it takes the devices the
+    others leave."""
     devices = list(jax.devices() if devices is None else devices)
-    if data == -1:
-        if len(devices) % (fsdp * tensor):
-            raise ValueError(f"{len(devices)} devices cannot be split into fsdp={fsdp} x tensor={tensor}")
-        data = len(devices) // (fsdp * tensor)
-    if data * fsdp * tensor != len(devices):
-        raise ValueError(f"mesh {data}x{fsdp}x{tensor} does not use the {len(devices)} available devices")
-    grid = np.asarray(devices).reshape(data, fsdp, tensor)
+    sizes = [int(data), int(fsdp), int(tensor)]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
+    if -1 in sizes:
+        known = int(np.prod([s for s in sizes if s != -1]))
+        if len(devices) % known:
+            raise ValueError(f"{len(devices)} devices cannot be split into a mesh of {sizes}")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(f"mesh {'x'.join(map(str, sizes))} does not use the {len(devices)} available devices")
+    grid = np.asarray(devices).reshape(sizes)
     return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
@@ -62,6 +68,29 @@ def shard_state(state: nnx.State, mesh: Mesh, rules="dp") -> nnx.State:
     return jax.device_put(state, state_shardings(state, mesh, rules))
 
 
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-    """Leading (batch) axis over data x fsdp, the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh, ndim: int | None = None, axes: Sequence[str] = BATCH_AXES) -> NamedSharding:
+    """Leading (batch) axis over `axes` (default data x fsdp), the rest replicated (spelt out for `ndim` axes)."""
+    rest = [None] * (ndim - 1) if ndim else []
+    return NamedSharding(mesh, PartitionSpec(tuple(axes), *rest))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def put_global(host: Any, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host value every process holds in full (each device takes its shard of it)."""
+    host = np.asarray(host)
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Every leaf (the same on every process) as a replicated global array."""
+    sharding = replicated(mesh)
+    return jax.tree_util.tree_map(lambda x: put_global(x, sharding), tree)
+
+
+def batch_devices(mesh: Mesh, axes: Sequence[str] = BATCH_AXES) -> int:
+    """Devices of this process along the batch axes: a host's rows must be a multiple of it."""
+    n = int(np.prod([mesh.shape[a] for a in axes]))
+    return max(1, n // jax.process_count())

@@ -1,55 +1,68 @@
-"""Streaming frame sources for feature extraction: video files (PyAV) and `.npy` arrays.
+"""The one video-decoding module (PyAV): opening and probing files, sequential decoding with clear errors, the
+frame-rate policies and the resize geometries that feature extraction, dataset conversion and evaluation use.
 
     from streamformer_jax.video import VideoReader
-    with VideoReader("clip.mp4", size=224, fps=5) as reader:
+    with VideoReader("clip.mp4", size=224, fps=5) as reader:     # feature extraction
         for t, frame in reader:      # t: seconds (float), frame: uint8 [224, 224, 3] RGB
             ...
+    for t, rgb in iter_frames("clip.mp4", fps=8, short_side=256):  # dataset conversion
+        ...
 
-Decoding is sequential and lazy: one decoded frame (plus the previous one, for frame-rate selection) is held
-at a time, so a video of any length runs in bounded memory. `.npy` inputs are memory-mapped.
+Decoding is sequential (no seeking, so deterministic) and lazy: one decoded frame (plus the previous one, for
+frame-rate selection) is held at a time, so a video of any length runs in bounded memory. `.npy` inputs of
+`VideoReader` are memory-mapped.
 
-Geometry. Each frame is resized so that its shorter side equals `size` (aspect ratio kept, the longer side
-rounded to the nearest pixel) and then centre-cropped to `size x size`. Resizing uses FFmpeg's swscale through
-PyAV (`VideoFrame.reformat`, bicubic; swscale widens the filter when it shrinks, so downscaling is
-antialiased). Frames that already are `size x size` are passed through untouched. Sample aspect ratios
-(anamorphic pixels) are ignored: pixels are taken as square. `size=None` keeps the frames as decoded.
+Timestamps. A frame's timestamp is its presentation time `pts x time_base` in seconds from the start of its
+stream (`start_time`, normally 0), i.e. what a player's clock shows. Frames without a pts get `index / rate`.
+An `.npy` array `[T, H, W, 3]` has no clock: frame i is at `i / npy_fps` seconds (default 1, so indices).
 
-Timestamps. A video frame's timestamp is its presentation time `pts x time_base` in seconds, measured from the
-start of the file's timeline (the container's `start_time`, normally 0), i.e. what a player's clock shows.
-Frames without a pts get `index / average_rate` of the stream. Timestamps are forced non-decreasing (a broken
-pts never goes backwards). An `.npy` array `[T, H, W, 3]` has no clock: frame i is at `i / npy_fps` seconds,
-`npy_fps` defaulting to 1.0 (so timestamps are frame indices).
+Frame-rate policies (what a target rate `fps` keeps):
+  * `nearest_to_grid` (feature extraction, `VideoReader(fps=...)`): the grid is `t0 + k / fps` (t0 = the first
+    frame's time, up to the last frame); for each grid time the frame whose timestamp is nearest is kept (ties
+    to the earlier one), never twice. The output is a subset of the source frames with their true timestamps,
+    about `1 / fps` apart; `fps` above the source rate keeps every frame. Timestamps are first forced
+    non-decreasing (a broken pts never goes backwards).
+  * `first_at_each_tick` (dataset conversion, `iter_frames`): the first frame at or after each tick `k / fps`
+    of a grid from 0; frames whose time is not after the last kept one are dropped (times strictly increase).
+    `plan` lowers the rate so that `max_frames` covers the whole video.
+  * `index_resample` (the original online-action-detection protocol): indices
+    `linspace(0, n - 1, int(n / fps * target))` over the n decoded frames, frames repeated as they come
+    (`take_indices`).
 
-Frame rate (`fps`). `fps=None` keeps every frame. Otherwise the target times are the grid
-`t0 + k / fps` (t0 = the first frame's timestamp, k = 0, 1, ... while the grid time is not later than the
-last frame) and for each grid time the frame whose timestamp is nearest is kept (ties go to the earlier frame).
-A frame is never emitted twice: when several grid times select the same frame (a target rate above the
-source rate, or the gaps of a variable-frame-rate / "drop-frame" video) it is kept once. So the output is a
-subset of the source frames, in order, with their true timestamps, spaced about `1 / fps` apart, and
-`fps` above the source rate simply keeps every frame. The same rule applies to `.npy` inputs (on the
-`i / npy_fps` clock).
+Geometries:
+  * `resize_center_crop` / `VideoReader(size=S)`: shorter side -> S (aspect kept, longer side rounded),
+    bicubic, then the centre S x S crop; frames already S x S pass through untouched.
+  * `downscale_size` / `iter_frames(short_side=S)`: the shorter side scaled down to S (never up), even sizes
+    (exact 4:2:0 chroma for JPEG), area filter.
+  * `resize_short_side`: shorter side -> S, aspect kept, any interpolation (evaluation's views).
+All resizing is FFmpeg's swscale through PyAV (`VideoFrame.reformat`; swscale widens the filter when it shrinks,
+so downscaling is antialiased). Sample aspect ratios (anamorphic pixels) are ignored: pixels are taken as square.
 
-A video whose decoded frames end before 90% of the duration the container announces (a cut-off download, say)
-still yields its frames but raises a `TruncatedVideoWarning`.
+Truncation. A video whose decoded frames end before 90% of the duration the container announces (or, without a
+duration, decode fewer than 90% of the announced frames) is truncated: `iter_frames` raises, `VideoReader` still
+yields its frames and warns (`TruncatedVideoWarning`). Time, not count, because AVI "drop frames" legitimately
+decode to far fewer frames than announced.
 
-Errors. A missing, empty, unreadable or corrupt file, a file without a video stream, a file from which no
-frame decodes, or an `.npy` array of the wrong dtype or shape raises `VideoReadError`, whose message starts with
-the file name and says what is wrong.
+Errors. A missing, empty, unreadable or corrupt file, a file without a video stream, a file from which no frame
+decodes, or an `.npy` array of the wrong dtype or shape raises `VideoReadError`, whose message starts with the
+file name and says what is wrong.
 """
 from __future__ import annotations
 
+import collections
+import dataclasses
 import math
 import os
 import pathlib
 import warnings
-from typing import Iterator
+from typing import Iterable, Iterator
 
+import av
 import numpy as np
 
 NPY_MAGIC = b"\x93NUMPY"
 _EPS = 1e-9
-# Decoded frames ending before this fraction of the announced duration trigger a `TruncatedVideoWarning`.
-MIN_COVERAGE = 0.9
+MIN_COVERAGE = 0.9  # decoded frames must cover this fraction of the announced duration (or frame count)
 
 
 class TruncatedVideoWarning(UserWarning):
@@ -64,6 +77,17 @@ class VideoReadError(Exception):
         super().__init__(f"{path}: {reason}")
 
 
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    source_fps: float  # average frame rate of the stream (0.0 when unknown)
+    duration: float  # seconds (container metadata; 0.0 when unknown)
+    num_frames: int  # frames announced by the container (0 when unknown)
+    width: int
+    height: int
+    start: float = 0.0  # the stream's start time, seconds (timestamps are relative to it)
+
+
+# ------------------------------------------------------------------------------------------------- geometry
 def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
     """(height, width) after scaling the shorter side to `size`, aspect kept (longer side rounded, >= size)."""
     scale = size / min(height, width)
@@ -72,19 +96,42 @@ def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
     return max(size, int(round(height * scale))), size
 
 
+def downscale_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """(width, height) with the short side scaled down to `short_side` (never up), aspect kept, even sizes."""
+    if not short_side or min(width, height) <= short_side:
+        return width, height
+    scale = short_side / min(width, height)
+    # Even sizes keep 4:2:0 chroma planes exact in the JPEG encoder.
+    w = short_side if width <= height else max(2, int(round(width * scale / 2)) * 2)
+    h = short_side if height < width else max(2, int(round(height * scale / 2)) * 2)
+    return w, h
+
+
+def _rgb(frame: av.VideoFrame, width: int, height: int, interpolation: str) -> np.ndarray:
+    """A decoded (or wrapped) frame -> uint8 RGB of the given size, in one swscale call."""
+    return frame.reformat(width=width, height=height, format="rgb24", interpolation=interpolation).to_ndarray()
+
+
 def _center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     top, left = (h - size) // 2, (w - size) // 2
     return np.ascontiguousarray(rgb[top:top + size, left:left + size])
 
 
-def _frame_to_rgb(frame, size: int | None) -> np.ndarray:
+def _frame_to_rgb(frame: av.VideoFrame, size: int | None) -> np.ndarray:
     """av.VideoFrame -> uint8 [size, size, 3] RGB (shorter-side resize + centre crop)."""
     if size is None or (frame.width, frame.height) == (size, size):
         return frame.to_ndarray(format="rgb24")
     h, w = resized_shape(frame.height, frame.width, size)
-    rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="BICUBIC").to_ndarray()
-    return _center_crop(rgb, size)
+    return _center_crop(_rgb(frame, w, h, "BICUBIC"), size)
+
+
+def resize_short_side(frame: np.ndarray, size: int, interpolation: str = "BILINEAR") -> np.ndarray:
+    """uint8 [H, W, 3] -> short side = size, aspect kept (long side rounded), via FFmpeg swscale."""
+    h, w = resized_shape(frame.shape[0], frame.shape[1], size)
+    if (h, w) == frame.shape[:2]:
+        return np.ascontiguousarray(frame)
+    return _rgb(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"), w, h, interpolation)
 
 
 def resize_center_crop(frame: np.ndarray, size: int) -> np.ndarray:
@@ -92,15 +139,11 @@ def resize_center_crop(frame: np.ndarray, size: int) -> np.ndarray:
     frame = np.asarray(frame)
     if frame.shape[:2] == (size, size):
         return np.ascontiguousarray(frame)
-    import av
-
-    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-    h, w = resized_shape(frame.shape[0], frame.shape[1], size)
-    rgb = vf.reformat(width=w, height=h, interpolation="BICUBIC").to_ndarray(format="rgb24")
-    return _center_crop(rgb, size)
+    return _center_crop(resize_short_side(frame, size, "BICUBIC"), size)
 
 
-def select_nearest(items: Iterator[tuple[float, object]], fps: float) -> Iterator[tuple[float, object]]:
+# ---------------------------------------------------------------------------------------- frame-rate policies
+def nearest_to_grid(items: Iterable[tuple[float, object]], fps: float) -> Iterator[tuple[float, object]]:
     """Keep, for each grid time t0 + k/fps, the item with the nearest time; never the same item twice.
 
     `items` yields (time, payload) in presentation order; payloads are passed through unconverted, so
@@ -131,6 +174,230 @@ def select_nearest(items: Iterator[tuple[float, object]], fps: float) -> Iterato
         prev = (t, payload, serial)
 
 
+select_nearest = nearest_to_grid  # the name feature extraction documents
+
+
+def first_at_each_tick(items: Iterable[tuple[float, object]], fps: float) -> Iterator[tuple[float, object]]:
+    """Keep the first item at or after each tick k/fps of a grid from 0; times strictly increase."""
+    next_tick, last_time = 0, -math.inf
+    for t, payload in items:
+        if t <= last_time:  # duplicated/out-of-order timestamps
+            continue
+        tick = math.floor(t * fps + 1e-6)
+        if tick < next_tick:
+            continue
+        next_tick, last_time = tick + 1, t
+        yield t, payload
+
+
+def non_decreasing(items: Iterable[tuple[float, object]]) -> Iterator[tuple[float, object]]:
+    """Times forced non-decreasing (a broken pts never goes backwards)."""
+    prev = -math.inf
+    for t, payload in items:
+        prev = max(t, prev)
+        yield prev, payload
+
+
+def index_resample(n: int, fps: float, target_fps: float) -> np.ndarray:
+    """The original OAD resampling: linspace(0, n-1, int(n / fps * target_fps)).astype(int) (repeats frames)."""
+    return np.linspace(0, n - 1, int(n / fps * target_fps)).astype(int)
+
+
+def take_indices(frames: Iterable[np.ndarray], indices: np.ndarray) -> Iterator[np.ndarray]:
+    """Frame i of `frames` as often as i appears in (sorted) `indices`; stops once every index is served, and
+    repeats the last frame when the source ends early (fewer decodable frames than counted)."""
+    want = collections.Counter(np.asarray(indices).tolist())
+    emitted, last = 0, None
+    for i, frame in enumerate(frames):
+        last = frame
+        for _ in range(want.get(i, 0)):
+            emitted += 1
+            yield frame
+        if emitted == len(indices):
+            return
+    for _ in range(len(indices) - emitted):
+        yield last
+
+
+# ---------------------------------------------------------------------------------------- opening, decoding
+def open_video(path) -> av.container.InputContainer:
+    """An open container with a video stream; `VideoReadError` naming the file otherwise."""
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise VideoReadError(p, "missing file")
+    if p.is_dir():
+        raise VideoReadError(p, "is a directory, not a video file or .npy array")
+    if p.stat().st_size == 0:
+        raise VideoReadError(p, "empty file")
+    try:
+        container = av.open(str(p))
+    except (av.error.FFmpegError, UnicodeDecodeError, OSError) as err:
+        # strerror, not str(err): the latter repeats the (machine-specific) path.
+        reason = getattr(err, "strerror", None) or str(err)
+        raise VideoReadError(p, f"cannot open container ({type(err).__name__}: {reason})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoReadError(p, "no video stream")
+    return container
+
+
+def video_info(container) -> VideoInfo:
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if stream.duration and stream.time_base:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration:
+        duration = container.duration / av.time_base
+    else:
+        duration = 0.0
+    if stream.start_time is not None and stream.time_base is not None:
+        start = float(stream.start_time * stream.time_base)
+    else:
+        start = container.start_time / av.time_base if container.start_time is not None else 0.0
+    ctx = stream.codec_context
+    return VideoInfo(float(rate) if rate and float(rate) > 0 else 0.0, duration, int(stream.frames or 0),
+                     ctx.width, ctx.height, start)
+
+
+def probe(path) -> VideoInfo:
+    """Container metadata without decoding; a video without a known frame rate is an error."""
+    with open_video(path) as container:
+        info = video_info(container)
+    if not info.source_fps:
+        raise VideoReadError(path, "unknown frame rate")
+    return info
+
+
+class Decoding:
+    """(time, av.VideoFrame) of every frame of an open container, in decoding order, counting what it decoded
+    (`decoded`, `last_time`: the latest timestamp) for the truncation check."""
+
+    def __init__(self, path, container, threads: int | str = "AUTO"):
+        self.path, self.container = path, container
+        self.info = video_info(container)
+        self.stream = container.streams.video[0]
+        if threads == "AUTO":
+            self.stream.thread_type = "AUTO"
+        else:
+            self.stream.thread_count = threads
+        self.decoded, self.last_time = 0, None
+
+    def __iter__(self) -> Iterator[tuple[float, av.VideoFrame]]:
+        rate = self.info.source_fps or 1.0
+        frames = self.container.decode(self.stream)
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                return
+            except av.error.FFmpegError as err:
+                reason = getattr(err, "strerror", None) or str(err)
+                raise VideoReadError(self.path, f"decoding failed after {self.decoded} frames ({reason})") from None
+            if frame.pts is not None and frame.time_base is not None:
+                t = float(frame.pts * frame.time_base) - self.info.start
+            else:
+                t = self.decoded / rate
+            self.decoded += 1
+            self.last_time = t if self.last_time is None else max(self.last_time, t)
+            yield t, frame
+
+    def truncation(self) -> str | None:
+        """Why the decoded frames look cut off (None when they cover the announced video)."""
+        info = self.info
+        if info.duration > 0 and self.last_time is not None:
+            covered = self.last_time + (1.0 / info.source_fps if info.source_fps else 0.0)
+            if covered < MIN_COVERAGE * info.duration:
+                return f"truncated: frames cover {covered:.2f} s of {info.duration:.2f} s"
+        elif not info.duration and info.num_frames and self.decoded < MIN_COVERAGE * info.num_frames:
+            return f"truncated: decoded {self.decoded} of {info.num_frames} frames"
+        return None
+
+
+def count_frames(path) -> int:
+    """Frames in a file: its demuxed video packets (no decoding); an `.npy` array: its length."""
+    path = pathlib.Path(path)
+    if path.suffix.lower() == ".npy":
+        return int(np.load(path, mmap_mode="r").shape[0])
+    with open_video(path) as container:
+        stream = container.streams.video[0]
+        return sum(1 for p in container.demux(stream) if p.size)
+
+
+# ------------------------------------------------------------------------------------------ conversion
+@dataclasses.dataclass(frozen=True)
+class DecodePlan:
+    """What `iter_frames` keeps: frames on a `fps` grid, at most `max_frames`, resized to `size`."""
+
+    fps: float  # rate of the kept frames (<= source_fps)
+    size: tuple[int, int]  # (width, height) of the kept frames
+
+
+def plan(info: VideoInfo, fps: float | None, max_frames: int | None, short_side: int | None) -> DecodePlan:
+    """Pick the kept-frame rate: the target (or source) fps, lowered so the whole video fits `max_frames`.
+
+    Lowering the rate instead of cutting the video keeps whole-video coverage, which the localization and
+    grounding samplers need (they sample over the full duration).
+    """
+    rate = info.source_fps if not fps else min(fps, info.source_fps)
+    if max_frames and info.duration > 0 and rate * info.duration > max_frames:
+        rate = max_frames / info.duration
+    return DecodePlan(fps=rate, size=downscale_size(info.width, info.height, short_side))
+
+
+def iter_frames(path, fps: float | None = None, max_frames: int | None = None,
+                short_side: int | None = None, threads: int = 1) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield `(time_seconds, rgb uint8 [H, W, 3])` of the frames dataset conversion keeps, in order.
+
+    * `fps`: `first_at_each_tick` of a `fps` grid (None: the source rate, i.e. every frame).
+    * `max_frames`: lower the grid rate so the whole video fits (see `plan`), then hard cap.
+    * `short_side`: downscale (area filter) so min(H, W) == short_side; smaller videos stay as they are.
+
+    Raises `VideoReadError` (naming the file) if the file is missing, cannot be opened, has no known frame rate,
+    decodes no frame, fails mid-stream, or is truncated.
+    """
+    with open_video(path) as container:
+        decoding = Decoding(path, container, threads)
+        if not decoding.info.source_fps:
+            raise VideoReadError(path, "unknown frame rate")
+        p = plan(decoding.info, fps, max_frames, short_side)
+        width, height = p.size
+        kept = 0
+        for t, frame in first_at_each_tick(decoding, p.fps):
+            yield t, _rgb(frame, width, height, "AREA")
+            kept += 1
+            if max_frames and kept >= max_frames:
+                return
+        if kept == 0:
+            raise VideoReadError(path, "no decodable frame")
+        problem = decoding.truncation()
+        if problem:
+            raise VideoReadError(path, problem)
+
+
+def read_video(path, fps: float | None = None, max_frames: int | None = None,
+               short_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode into memory: (times float64 [n], frames uint8 [n, H, W, 3]). For tests and short clips."""
+    times, frames = [], []
+    for t, rgb in iter_frames(path, fps, max_frames, short_side):
+        times.append(t)
+        frames.append(rgb)
+    return np.asarray(times, np.float64), np.stack(frames)
+
+
+def read_image(path, short_side: int | None = None) -> np.ndarray:
+    """Decode one image file (JPEG/PNG, via FFmpeg) -> RGB uint8 [H, W, 3], short side downscaled."""
+    with open_video(path) as container:
+        try:
+            frame = next(container.decode(video=0), None)
+        except av.error.FFmpegError as err:
+            raise VideoReadError(path, f"undecodable image ({getattr(err, 'strerror', None) or err})") from None
+        if frame is None:
+            raise VideoReadError(path, "undecodable image")
+        width, height = downscale_size(frame.width, frame.height, short_side)
+        return _rgb(frame, width, height, "AREA")
+
+
+# ------------------------------------------------------------------------------------------ extraction
 class VideoReader:
     """Lazy (timestamp_seconds, uint8 RGB frame) source over a video file or an `.npy` array; see module doc.
 
@@ -154,24 +421,19 @@ class VideoReader:
             raise ValueError(f"max_frames must be >= 1, got {max_frames}")
         self.fps, self.npy_fps, self.max_frames = fps, float(npy_fps), max_frames
         self._container = None
+        self._decoding = None
         self._array = None
         self._used = False
-        self._last_time = None
-        if not self.path.exists():
-            raise VideoReadError(self.path, "no such file")
-        if self.path.is_dir():
-            raise VideoReadError(self.path, "is a directory, not a video file or .npy array")
-        try:
-            with open(self.path, "rb") as f:
-                head = f.read(len(NPY_MAGIC))
-        except OSError as err:
-            raise VideoReadError(self.path, f"cannot read file ({err.strerror or err})") from None
-        if not head:
-            raise VideoReadError(self.path, "empty file")
-        if head == NPY_MAGIC or self.path.suffix.lower() == ".npy":
-            self._open_npy()
-        else:
-            self._open_video()
+        if self.path.is_file() and self.path.stat().st_size:
+            try:
+                with open(self.path, "rb") as f:
+                    head = f.read(len(NPY_MAGIC))
+            except OSError as err:
+                raise VideoReadError(self.path, f"cannot read file ({err.strerror or err})") from None
+            if head == NPY_MAGIC or self.path.suffix.lower() == ".npy":
+                self._open_npy()
+                return
+        self._open_video()
 
     # -- opening ---------------------------------------------------------------------------------------------
     def _open_npy(self) -> None:
@@ -195,33 +457,12 @@ class VideoReader:
         self.duration = self.num_frames / self.npy_fps
 
     def _open_video(self) -> None:
-        import av
-
         self.kind = "video"
-        try:
-            container = av.open(str(self.path))
-        except (av.error.FFmpegError, UnicodeDecodeError, OSError) as err:
-            # strerror, not str(err): the latter repeats the path.
-            reason = getattr(err, "strerror", None) or str(err)
-            raise VideoReadError(self.path, f"not a readable video file ({reason})") from None
-        if not container.streams.video:
-            container.close()
-            raise VideoReadError(self.path, "contains no video stream")
-        self._container = container
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        self._stream = stream
-        self.width, self.height = stream.codec_context.width, stream.codec_context.height
-        self.num_frames = int(stream.frames or 0)
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        self.source_fps = float(rate) if rate else 0.0
-        if stream.duration is not None and stream.time_base is not None:
-            self.duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            self.duration = container.duration / 1e6
-        else:
-            self.duration = 0.0
-        self._start = container.start_time / 1e6 if container.start_time is not None else 0.0
+        self._container = open_video(self.path)
+        self._decoding = Decoding(self.path, self._container)
+        info = self._decoding.info
+        self.width, self.height, self.num_frames = info.width, info.height, info.num_frames
+        self.source_fps, self.duration = info.source_fps, info.duration
 
     # -- info ------------------------------------------------------------------------------------------------
     def expected_frames(self) -> int | None:
@@ -244,8 +485,9 @@ class VideoReader:
         return self._frames()
 
     def _frames(self) -> Iterator[tuple[float, np.ndarray]]:
-        raw = self._raw_npy() if self.kind == "npy" else self._raw_video()
-        items = raw if self.fps is None else select_nearest(raw, self.fps)
+        raw = ((i / self.npy_fps, i) for i in range(self.num_frames)) if self.kind == "npy" \
+            else non_decreasing(self._decoding)
+        items = raw if self.fps is None else nearest_to_grid(raw, self.fps)
         count = 0
         complete = True
         try:
@@ -260,12 +502,9 @@ class VideoReader:
             self.close()
         if count == 0:
             raise VideoReadError(self.path, "no frame could be decoded")
-        if complete and self.kind == "video" and self.duration > 0 and self._last_time is not None:
-            end = self._last_time + (1.0 / self.source_fps if self.source_fps else 0.0)
-            if end < MIN_COVERAGE * self.duration:
-                warnings.warn(f"{self.path}: decoded frames end at {end:.2f} s but the file announces "
-                              f"{self.duration:.2f} s; it may be truncated", TruncatedVideoWarning,
-                              stacklevel=2)
+        problem = self._decoding.truncation() if complete and self.kind == "video" else None
+        if problem:
+            warnings.warn(f"{self.path}: {problem} (a cut-off file?)", TruncatedVideoWarning, stacklevel=2)
 
     def _convert(self, payload) -> np.ndarray:
         if self.kind == "npy":
@@ -275,38 +514,6 @@ class VideoReader:
             return _frame_to_rgb(payload, self.size)
         except Exception as err:  # noqa: BLE001 - swscale/pixel-format failures
             raise VideoReadError(self.path, f"cannot convert a decoded frame to RGB ({err})") from None
-
-    def _raw_npy(self) -> Iterator[tuple[float, int]]:
-        for i in range(self.num_frames):
-            yield i / self.npy_fps, i
-
-    def _raw_video(self):
-        import av
-
-        stream = self._stream
-        rate = self.source_fps or 1.0
-        prev_t = -math.inf
-        index = 0
-        try:
-            frames = self._container.decode(stream)
-            while True:
-                try:
-                    frame = next(frames)
-                except StopIteration:
-                    break
-                except av.error.FFmpegError as err:
-                    reason = getattr(err, "strerror", None) or str(err)
-                    raise VideoReadError(self.path, f"decoding failed after {index} frames ({reason})") from None
-                if frame.pts is not None and frame.time_base is not None:
-                    t = float(frame.pts * frame.time_base) - self._start
-                else:
-                    t = index / rate
-                t = max(t, prev_t)
-                prev_t = self._last_time = t
-                index += 1
-                yield t, frame
-        finally:
-            self.close()
 
     def close(self) -> None:
         if self._container is not None:

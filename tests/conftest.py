@@ -1,4 +1,15 @@
-"""Test-wide setup: 8 fake CPU devices (set before jax is imported) and shared fixture paths."""
+"""Test-wide setup: 8 fake CPU devices (set before jax is imported), the fixture locations, and the rule that turns
+skips into failures where every fixture and optional dependency must be present (CI).
+
+Fixtures: the tiny official-reference fixture and one short real clip ship with the repository
+(`tests/fixtures/`), so the parity, streaming, converter and extraction tests run on any clone. The larger ones
+(the `small` official reference, the other real clips) are read from `../shared` beside the checkout; tests that
+need them skip with the missing path as the reason.
+
+`STREAMFORMER_REQUIRE`: a comma-separated list of what must be present, "shared" for `../shared`, module names
+for optional dependencies, or "all". A required but missing fixture or module fails its test instead of
+skipping it; with "all", every skip of any kind fails (CI sets it, so a green CI means every test ran).
+"""
 import os
 import pathlib
 
@@ -8,9 +19,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+IN_REPO = REPO_ROOT / "tests" / "fixtures"
 SHARED = REPO_ROOT.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "official_reference"
-VIDEOS = SHARED / "data" / "videos"
+REQUIRED = {m.strip() for m in os.environ.get("STREAMFORMER_REQUIRE", "").split(",") if m.strip()}
+
+
+def required(name: str) -> bool:
+    """Whether `name` (a module, or "shared") must be present in this run (`STREAMFORMER_REQUIRE`)."""
+    return name in REQUIRED or "all" in REQUIRED
 
 
 def pytest_configure(config):
@@ -23,18 +39,50 @@ def pytest_configure(config):
         pass
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With STREAMFORMER_REQUIRE=all a skipped test is a failed one (its skip reason says what was missing)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and "all" in REQUIRED:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped, but STREAMFORMER_REQUIRE=all: {reason}"
+
+
 def require_shared(path: pathlib.Path) -> pathlib.Path:
-    """Skip (with the path as the reason) where ../shared is not laid beside the checkout."""
+    """`path` in ../shared; a skip (with the path as the reason) where it is not laid beside the checkout."""
     if not path.exists():
-        pytest.skip(f"shared data not present: {path}")
+        message = f"shared data not present: {path}"
+        if required("shared"):
+            pytest.fail(f"{message} (STREAMFORMER_REQUIRE)")
+        pytest.skip(message)
     return path
+
+
+class _FixtureDir:
+    """`FIXTURES / name`: the repository's copy of a fixture when it has one, else ../shared's (or a skip)."""
+
+    def __init__(self, in_repo: pathlib.Path, shared: pathlib.Path):
+        self.in_repo, self.shared = in_repo, shared
+
+    def __truediv__(self, name: str) -> pathlib.Path:
+        local = self.in_repo / name
+        return local if local.exists() else require_shared(self.shared / name)
+
+    def __repr__(self) -> str:
+        return f"_FixtureDir({self.in_repo} | {self.shared})"
+
+
+FIXTURES = _FixtureDir(IN_REPO / "official_reference", SHARED / "fixtures" / "official_reference")
+VIDEOS = _FixtureDir(IN_REPO / "videos", SHARED / "data" / "videos")
 
 
 @pytest.fixture
 def fixtures_dir():
-    return require_shared(FIXTURES)
+    return FIXTURES
 
 
 @pytest.fixture
 def videos_dir():
-    return require_shared(VIDEOS)
+    return VIDEOS

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import importlib
-import os
 import pathlib
 from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
+
+from conftest import required
 
 
 INDEX_BITS = 6  # frame_index_of reads indices 0..63
@@ -84,10 +85,8 @@ def truncate_file(path, keep_fraction: float = 0.3) -> pathlib.Path:
 
 
 def require_module(name: str):
-    """Import an optional dependency or skip the test module, unless ``name`` is listed in the comma-separated
-    ``STREAMFORMER_REQUIRE`` environment variable: then a missing module is an import error, not a skip (CI
-    sets it so that an environment without the extra cannot pass by skipping)."""
-    required = {m.strip() for m in os.environ.get("STREAMFORMER_REQUIRE", "").split(",") if m.strip()}
-    if name in required:
+    """Import an optional dependency or skip the test module, unless it is required in this run
+    (`STREAMFORMER_REQUIRE`, see conftest): then a missing module is an import error, not a skip."""
+    if required(name):
         return importlib.import_module(name)
     return pytest.importorskip(name, reason=f"optional dependency {name} is not installed")

@@ -9,11 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from streamformer_jax.train import aot, compiled_stats, loop, tpu_chips
-from streamformer_jax.train.model import build_task_model
-from streamformer_jax.train.step import device_batch, split_names
+from streamformer_jax.train.step import device_batch
+from streamformer_jax.train.task_model import ModelSettings
 from test_train_support import REPO, builtin_dir, jax_cache, load_config, tiny_config  # noqa: F401
 
 ALL_TASKS = ("kinetics", "ssv2", "retrieval", "grounding", "localization", "vis")
@@ -21,72 +22,77 @@ ALL_TASKS = ("kinetics", "ssv2", "retrieval", "grounding", "localization", "vis"
 
 @pytest.fixture(scope="module")
 def real_run(builtin_dir, jax_cache, tmp_path_factory):  # noqa: F811
-    """The tiny config on all six tasks: the real task model and one real device batch per task."""
+    """The tiny config on all six tasks: `train`'s real Setup (model, trainer, mesh) and one real device batch per
+    task from its input pipeline."""
     from data_pipelines.pipeline import loader
 
     cfg = tiny_config(builtin_dir, jax_cache, tasks=ALL_TASKS)
-    data = loop.data_config(cfg, tmp_path_factory.mktemp("w"))
-    meta = loop.read_metadata(loop.task_directories(data))
-    class_names = {t: m["class_names"] for t, m in meta.items()}
-    tm = build_task_model(cfg, class_names)
-    mesh = loop.make_mesh(cfg.mesh)
-    it = loader.make_train_iterator(data, mesh=mesh)
+    setup = loop.Setup(cfg, tmp_path_factory.mktemp("w"), log=lambda s: None)
+    it = loader.make_train_iterator(setup.data, mesh=setup.mesh)
     batches = {}
     for _ in range(len(ALL_TASKS)):
         b = next(it)
-        b = {**b, **loader.to_global_batch(tm.prepare_batch(b), mesh, data.data_axes)}
+        b = {**b, **loader.to_global_batch(setup.tm.prepare_batch(b), setup.mesh, setup.data.data_axes)}
         batches[b["task"]] = device_batch(b)
     it.close()
-    return cfg, tm, class_names, batches, mesh
+    setup.ckpt.close()
+    return cfg, setup, batches
 
 
 def test_abstract_batch_is_the_batch_the_trainer_gets(real_run):
-    cfg, _, _, batches, mesh = real_run
+    cfg, setup, batches = real_run
     assert set(batches) == set(ALL_TASKS)
     for task, real in batches.items():
-        fake = aot.abstract_batch(cfg, task, mesh)
+        fake = aot.abstract_batch(cfg, task, setup.mesh)
         assert sorted(fake) == sorted(real), task
         for k in real:
             assert (fake[k].shape, fake[k].dtype) == (real[k].shape, real[k].dtype), (task, k)
             assert fake[k].sharding.is_equivalent_to(real[k].sharding, real[k].ndim), (task, k)
 
 
-def test_shape_only_task_model_has_the_real_parameters_masks_and_label_tables(real_run):
-    cfg, tm, class_names, _, mesh = real_run
-    fake = build_task_model(cfg, class_names, abstract_text=aot.text_tower_config(cfg))
-    from streamformer_jax.train.model import ModelDef
-
-    real_def, fake_def = ModelDef(tm.model), ModelDef(fake.model)
-    assert real_def.names == fake_def.names
-    real_shapes = {n: (v.get_value().shape, v.get_value().dtype) for n, v in
-                   zip(real_def.names, [v for _, v in real_def._template])}
-    fake_shapes = {n: (v.get_value().shape, v.get_value().dtype) for n, v in
-                   zip(fake_def.names, [v for _, v in fake_def._template])}
-    assert real_shapes == fake_shapes
-    assert split_names(tm, real_def) == split_names(fake, fake_def)
-    assert all(tm.decay(n) == fake.decay(n) for n in real_def.names)
-    assert {k: (np.shape(v), np.asarray(v).dtype) for k, v in tm.text.items()} == \
-        {k: (v.shape, v.dtype) for k, v in fake.text.items()}
+def test_shape_only_setup_has_the_real_state_masks_and_label_tables(real_run):
+    cfg, real, _ = real_run
+    counts = {t: len(m["class_names"]) for t, m in real.meta.items() if m.get("class_names")}
+    fake = aot.CompileSetup(cfg, jax.devices(), counts)
+    assert dict(fake.mesh.shape) == dict(real.mesh.shape) and fake.tasks == list(ALL_TASKS)
+    assert fake.model.scan_layers == real.model.scan_layers is False
+    rt, ft = real.trainer, fake.trainer
+    assert (rt.template.names, rt.trainable_names, rt.frozen_names) == \
+        (ft.template.names, ft.trainable_names, ft.frozen_names)
+    assert all(real.tm.decay(n) == fake.tm.decay(n) for n in rt.template.names)
+    # the whole train state: shapes, dtypes and shardings (params, frozen text tower, optimizer moments)
+    r_state, f_state = rt.abstract_state(), ft.abstract_state()
+    assert jax.tree_util.tree_structure(r_state) == jax.tree_util.tree_structure(f_state)
+    for r, f in zip(jax.tree_util.tree_leaves(r_state), jax.tree_util.tree_leaves(f_state)):
+        assert (r.shape, r.dtype) == (f.shape, f.dtype)
+        assert r.sharding.is_equivalent_to(f.sharding, len(r.shape))
+    assert {k: (np.shape(v), np.asarray(v).dtype) for k, v in real.tm.text.items()} == \
+        {k: (v.shape, v.dtype) for k, v in fake.tm.text.items()}
     # nothing was materialised
-    assert all(isinstance(v.get_value(), jax.ShapeDtypeStruct) for _, v in fake_def._template)
+    assert all(isinstance(v, jax.ShapeDtypeStruct) for v in ft.template.shapes.values())
+    assert all(isinstance(v.get_value(), jax.ShapeDtypeStruct)
+               for _, v in nnx.to_flat_state(nnx.state(fake.tm.model)))
 
 
 def test_the_default_text_tower_is_siglip_base_for_vit_b():
-    cfg = load_config("pretrain_multitask")
-    t = aot.text_tower_config(cfg)
+    t = aot.text_tower_config(ModelSettings.from_config(load_config("pretrain_multitask")))
     assert (t.num_hidden_layers, t.hidden_size, t.vocab_size, t.max_position_embeddings) == (12, 768, 32000, 64)
-    tiny = aot.text_tower_config(load_config("pretrain_multitask", "tiny"))
+    tiny = aot.text_tower_config(ModelSettings.from_config(load_config("pretrain_multitask", "tiny")))
     assert tiny.num_hidden_layers == 1 and tiny.output_size == 64
 
 
-def test_mesh_over_given_devices():
+def test_setup_s_mesh_over_given_devices():
     cfg = load_config("pretrain_multitask", "tiny,mesh=fsdp")
-    mesh = loop.make_mesh(cfg.mesh, jax.devices()[:4])
-    assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 1}
-    assert list(mesh.devices.flat) == jax.devices()[:4]
+    cfg.micro_batch_size = 8
+    setup = aot.CompileSetup(cfg, jax.devices()[:4])
+    assert dict(setup.mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert list(setup.mesh.devices.flat) == jax.devices()[:4]
     cfg.mesh.tensor = 3
-    with pytest.raises(ValueError, match="4 devices cannot be split"):
-        loop.make_mesh(cfg.mesh, jax.devices()[:4])
+    with pytest.raises(aot.AotError, match="4 devices cannot be split"):
+        aot.CompileSetup(cfg, jax.devices()[:4])
+    cfg.mesh.tensor, cfg.micro_batch_size = 1, 6
+    with pytest.raises(aot.AotError, match="micro_batch_size 6 is not divisible"):
+        aot.CompileSetup(cfg, jax.devices()[:4])
 
 
 def test_collectives_are_counted_with_their_bytes_and_loop_trip_counts():
@@ -190,4 +196,4 @@ def test_a_parameter_the_mesh_does_not_divide_is_one_clear_error():
     cfg.model.overrides.hidden_size, cfg.model.overrides.num_heads = 60, 4
     cfg.micro_batch_size = 8
     with pytest.raises(aot.AotError, match=r"does not divide over the mesh .*fsdp.: 8"):
-        aot.build(cfg, jax.devices())
+        aot.CompileSetup(cfg, jax.devices())

@@ -16,7 +16,7 @@ from streamformer_jax.convert.__main__ import main
 from streamformer_jax.convert.keymap import official_to_ours
 from streamformer_jax.convert.pretrain import read_extras
 from streamformer_jax.models.config import StreamFormerConfig
-from streamformer_jax.models.params import ParameterMismatchError
+from streamformer_jax.param_tree import ParameterMismatchError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-5

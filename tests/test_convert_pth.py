@@ -39,9 +39,8 @@ def fake_pretraining_checkpoint(fixture_config: dict, path, seed=0):
 
 @pytest.fixture(scope="module")
 def pth_import(tmp_path_factory):
-    from conftest import FIXTURES, require_shared
+    from conftest import FIXTURES
 
-    require_shared(FIXTURES)
     root = tmp_path_factory.mktemp("pth")
     cfg = json.loads((FIXTURES / "tiny" / "config.json").read_text())
     state = fake_pretraining_checkpoint(cfg, root / "checkpoint-epoch.pth")

@@ -9,7 +9,7 @@ from streamformer_jax.convert.pretrain import read_extras
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-from torch_reference import perturb_ as _perturb  # noqa: E402
+from torch_reference import saved_random_model  # noqa: E402
 
 VISION = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, image_size=32,
               patch_size=16)
@@ -21,10 +21,8 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def siglip_vision(tmp_path_factory):
     root = tmp_path_factory.mktemp("siglip")
-    torch.manual_seed(0)
-    model = _perturb(transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**VISION, hidden_act="gelu")), 1)
-    model.eval().save_pretrained(root / "src")
-    return root, model
+    config = transformers.SiglipVisionConfig(**VISION, hidden_act="gelu")
+    return root, saved_random_model(lambda: transformers.SiglipVisionModel(config), root / "src", 1)
 
 
 def _frames(seed, t=3):
@@ -100,13 +98,11 @@ def test_qkv_is_concatenated_in_q_k_v_order(siglip_vision, tmp_path):
 
 
 def test_siglip_model_with_text_tower_and_tanh_gelu(tmp_path, capsys):
-    torch.manual_seed(0)
     config = transformers.SiglipConfig(
         text_config=dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128,
                          vocab_size=50, max_position_embeddings=8),
         vision_config=dict(VISION))  # hidden_act defaults to gelu_pytorch_tanh, as in real SigLIP
-    model = _perturb(transformers.SiglipModel(config), 2)
-    model.save_pretrained(tmp_path / "src")
+    model = saved_random_model(lambda: transformers.SiglipModel(config), tmp_path / "src", 2)
     assert main(["import-siglip", "--src", str(tmp_path / "src"), "--dst", str(tmp_path / "ckpt"),
                  "--num-frames", "8"]) == 0
     out = capsys.readouterr().out

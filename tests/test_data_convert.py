@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from data_helpers import frame_index_of, make_test_video, truncate_file
-from data_pipelines import schema
-from data_pipelines.convert import ArrayRecordSource, Options, TFRecordSource, convert, open_shards, pipeline
+from data_pipelines.records import frames as jpeg
+from data_pipelines.records import schema
+from data_pipelines.convert import Options, convert, pipeline
+from data_pipelines.records.sources import ArrayRecordSource, TFRecordSource, open_source
 from data_pipelines.convert import __main__ as cli
-from data_pipelines.convert import tfrecord
+from data_pipelines.records import tfrecord
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # (relative path, label, number of frames at 8 fps, codec); None frames = a file that is not there.
@@ -66,7 +68,7 @@ def test_read_back_frames_times_and_labels(kinetics, converted):
     out, summary = converted
     good = [v for v in VIDEOS if v[2] is not None and "bad" not in v[0]]
     assert summary.num_examples == len(good) == 5
-    src = open_shards(out)
+    src = open_source(out)
     assert isinstance(src, ArrayRecordSource) and len(src) == 5
     meta = pipeline_meta(out)
     assert meta["num_examples"] == 5 and meta["num_annotations"] == 7
@@ -81,7 +83,7 @@ def test_read_back_frames_times_and_labels(kinetics, converted):
         np.testing.assert_allclose(ex["frame_times"], np.arange(kept) * 0.25, atol=1e-6)
         assert ex["fps"] == 4.0 and ex["source_fps"] == 8.0 and (ex["height"], ex["width"]) == (48, 64)
         assert ex["duration"] == pytest.approx(n / 8, abs=1e-3)
-        frames = schema.decode_frames(ex["frames"])
+        frames = jpeg.decode_frames(ex["frames"])
         assert [frame_index_of(f) for f in frames] == list(range(0, n, 2))
     assert meta["counts"]["frames"] == sum((v[2] + 1) // 2 for v in good)
 
@@ -141,7 +143,7 @@ def test_changed_options_rebuild_instead_of_reusing(kinetics, converted, tmp_pat
     _convert(kinetics, tmp_path, workers=1)
     summary = _convert(kinetics, tmp_path, workers=1, opts=Options(fps=2))
     assert summary.resumed_shards == 0
-    ex = schema.decode_record(open_shards(tmp_path)[0])
+    ex = schema.decode_record(open_source(tmp_path)[0])
     np.testing.assert_allclose(ex["frame_times"], [0.0, 0.5, 1.0], atol=1e-6)  # 12 frames at 8 fps -> 2 fps
     again = _convert(kinetics, tmp_path, workers=1, opts=Options(fps=2))
     assert again.resumed_shards == 4
@@ -153,8 +155,8 @@ def test_tfrecord_random_access_equals_arrayrecord(kinetics, converted, tmp_path
     _convert(kinetics, tmp_path, fmt="tfrecord")
     meta = pipeline_meta(tmp_path)
     assert meta["format"] == "tfrecord" and all(s["index"] == s["file"] + ".idx" for s in meta["shards"])
-    tf_src = open_shards(tmp_path, verify_crc=True)
-    ar_src = open_shards(converted[0])
+    tf_src = open_source(tmp_path, verify_crc=True)
+    ar_src = open_source(converted[0])
     assert isinstance(tf_src, TFRecordSource) and len(tf_src) == len(ar_src) == 5
     for i in [4, 0, 3, 1, 2, -1]:
         assert tf_src[i] == ar_src[i]
@@ -228,4 +230,4 @@ def test_num_shards_option(kinetics, tmp_path):
     summary = _convert(kinetics, tmp_path, shard_size=None, num_shards=3)
     meta = pipeline_meta(tmp_path)
     assert [s["file"] for s in meta["shards"]] == [f"kinetics.array_record-0000{k}-of-00003" for k in range(3)]
-    assert summary.num_examples == len(open_shards(tmp_path)) == 5
+    assert summary.num_examples == len(open_source(tmp_path)) == 5

@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 
 from data_helpers import frame_index_of, frame_pattern, make_test_video
-from data_pipelines import schema
+from data_pipelines.records import frames as jpeg
+from data_pipelines.records import schema
 from data_pipelines.annotations import AnnotationError, coco_rle, load_class_names, parse_annotations
-from data_pipelines.convert import Options, convert, load_metadata, open_shards
+from data_pipelines.convert import Options, convert
+from data_pipelines.records.sources import load_metadata, open_source
 
 
 def _records(out):
-    src = open_shards(out)
+    src = open_source(out)
     return [schema.decode_record(src[i]) for i in range(len(src))]
 
 
@@ -51,13 +53,6 @@ def test_retrieval_msrvtt_json(tmp_path):
     items = parse_annotations("retrieval", ann, tmp_path)
     assert [(i.video_id, i.fields["captions"]) for i in items] == [("video7", ["a"]), ("video3", ["b", "c"])]
     assert items[0].source.endswith("video7.mp4")
-
-
-def test_retrieval_bad_literal_names_line(tmp_path):
-    ann = tmp_path / "r.csv"
-    ann.write_text("video_id,dataset,text\nv,MSRVTT,\"['ok']\"\nw,MSRVTT,\"['unclosed\"\n")
-    with pytest.raises(AnnotationError, match=r"r\.csv:3: text is not a Python literal"):
-        parse_annotations("retrieval", ann, tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------- grounding
@@ -100,14 +95,6 @@ def test_grounding_charades_txt_and_qvh_jsonl(tmp_path):
         parse_annotations("grounding", bad, tmp_path)
 
 
-def test_grounding_bad_window_names_line(tmp_path):
-    ann = tmp_path / "g.csv"
-    ann.write_text("video_id,start_second,end_second,text,relevant_windows,dataset\n"
-                   'A,0.5,1.0,x,"[[0.5, 1.0]]",CharadesSTA\nA,2.0,1.0,y,"[[2.0, 1.0]]",CharadesSTA\n')
-    with pytest.raises(AnnotationError, match=r"g\.csv:3: bad window"):
-        parse_annotations("grounding", ann, tmp_path)
-
-
 # ----------------------------------------------------------------------------------------------- localization
 def test_localization_csv_with_nested_label2id(tmp_path):
     root = tmp_path / "videos"
@@ -142,14 +129,24 @@ def test_localization_activitynet_json(tmp_path):
     assert items[0].fields["segment_labels"] == [1, 0]  # sorted names of the subset: Archery=0, Zumba=1
 
 
-def test_localization_unknown_class_names_line(tmp_path):
+@pytest.mark.parametrize("task, text, match", [
+    ("retrieval", "video_id,dataset,text\nv,MSRVTT,\"['ok']\"\nw,MSRVTT,\"['unclosed\"\n",
+     r"ann\.csv:3: text is not a Python literal"),
+    ("grounding", "video_id,start_second,end_second,text,relevant_windows,dataset\n"
+                  'A,0.5,1.0,x,"[[0.5, 1.0]]",CharadesSTA\nA,2.0,1.0,y,"[[2.0, 1.0]]",CharadesSTA\n',
+     r"ann\.csv:3: bad window"),
+    ("localization", 'video_id,start_second,end_second,text,relevant_windows,dataset\n'
+                     'a,0,1,Archery,"[[0, 1]]",HACS\na,0,1,Bowling,"[[0, 1]]",HACS\n',
+     r"ann\.csv:3: class 'Bowling' not in the HACS class table"),
+])
+def test_malformed_annotations_name_file_and_line(tmp_path, task, text, match):
     labels = tmp_path / "label2id.json"
     labels.write_text(json.dumps({"HACS": {"Archery": 0}}))
-    ann = tmp_path / "loc.csv"
-    ann.write_text('video_id,start_second,end_second,text,relevant_windows,dataset\n'
-                   'a,0,1,Archery,"[[0, 1]]",HACS\na,0,1,Bowling,"[[0, 1]]",HACS\n')
-    with pytest.raises(AnnotationError, match=r"loc\.csv:3: class 'Bowling' not in the HACS class table"):
-        parse_annotations("localization", ann, tmp_path, load_class_names(labels))
+    ann = tmp_path / "ann.csv"
+    ann.write_text(text)
+    classes = load_class_names(labels) if task == "localization" else None
+    with pytest.raises(AnnotationError, match=match):
+        parse_annotations(task, ann, tmp_path, classes)
 
 
 # ----------------------------------------------------------------------------------------------- VIS
@@ -163,7 +160,7 @@ def _vis_dataset(tmp_path, compressed: bool):
         for i, f in enumerate(files):
             if not (name == "v2" and i == 1):
                 (root / f).parent.mkdir(parents=True, exist_ok=True)
-                (root / f).write_bytes(schema.encode_jpeg(frame_pattern(i, (w, h))))
+                (root / f).write_bytes(jpeg.encode_jpeg(frame_pattern(i, (w, h))))
         videos.append({"id": vid, "file_names": files, "length": n, "height": h, "width": w})
         masks = np.zeros((2, n, h, w), np.uint8)
         for inst, cat in enumerate((7, 3)):
@@ -195,7 +192,7 @@ def test_vis_masks_and_frames_read_back(tmp_path, compressed):
     np.testing.assert_array_equal(rec["categories"], [1, 0])  # person (id 7) -> 1, cat (id 3) -> 0
     np.testing.assert_allclose(rec["frame_times"], np.arange(4) / 6, atol=1e-6)  # stored in microseconds
     np.testing.assert_array_equal(schema.decode_masks(rec), truth["v1"])
-    assert [frame_index_of(f) for f in schema.decode_frames(rec["frames"])] == [0, 1, 2, 3]
+    assert [frame_index_of(f) for f in jpeg.decode_frames(rec["frames"])] == [0, 1, 2, 3]
     meta = load_metadata(tmp_path / "out")
     assert meta["class_names"] == ["cat", "person", "zebra"] and meta["counts"]["instances"] == 2
 
@@ -253,7 +250,7 @@ def test_coco_images_as_single_frame_items(tmp_path):
     h, w = 48, 64
     root = tmp_path / "train2017"
     root.mkdir()
-    (root / "000001.jpg").write_bytes(schema.encode_jpeg(frame_pattern(9, (w, h))))
+    (root / "000001.jpg").write_bytes(jpeg.encode_jpeg(frame_pattern(9, (w, h))))
     crowd = np.zeros((h, w), np.uint8)
     crowd[30:40, 5:15] = 1
     data = {"images": [{"id": 1, "file_name": "000001.jpg", "height": h, "width": w},
@@ -276,7 +273,7 @@ def test_coco_images_as_single_frame_items(tmp_path):
     poly[4:13, 10:21] = 1  # Pillow fills the polygon including its boundary
     np.testing.assert_array_equal(masks[0, 0], poly[1::2, 1::2])
     np.testing.assert_array_equal(masks[1, 0], crowd[1::2, 1::2])
-    assert frame_index_of(schema.decode_frames(rec["frames"])[0]) == 9
+    assert frame_index_of(jpeg.decode_frames(rec["frames"])[0]) == 9
 
 
 def test_kinetics_class_name_labels_and_header_rules(tmp_path):

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from data_helpers import frame_pattern, make_test_video, require_module
-from data_pipelines import schema
-from data_pipelines.convert import Options, convert, open_shards, tfds_info
+from data_pipelines.records import frames as jpeg
+from data_pipelines.records import schema
+from data_pipelines.convert import Options, convert, tfds_info
+from data_pipelines.records.sources import open_source
 
 tfds = require_module("tensorflow_datasets")
 
@@ -31,41 +33,43 @@ def _kinetics(tmp):
     return tmp / "train.csv", videos, {"class_names": str(tmp / "classes.txt")}
 
 
-def _retrieval(tmp):
+def _videos_and_csv(tmp, clips, name: str, text: str):
+    """Real clips (relative path, frames, (width, height), seed) under tmp/videos and an annotation file."""
     videos = tmp / "videos"
-    make_test_video(videos / "MSRVTT/video0.mp4", 8, (64, 48), 8, seed=1)
-    make_test_video(videos / "wv1.mp4", 10, (48, 64), 8, seed=2)
-    ann = tmp / "train_retrieval.csv"
-    ann.write_text('video_id,dataset,text\nvideo0,MSRVTT,"[\'a cat\', \'ein Hund, läuft\']"\n'
-                   'wv1,WebVid,"one caption"\n')
+    for rel, frames, size, seed in clips:
+        make_test_video(videos / rel, frames, size, 8, seed=seed)
+    (tmp / name).write_text(text)
+    return tmp / name, videos
+
+
+def _retrieval(tmp):
+    ann, videos = _videos_and_csv(tmp, [("MSRVTT/video0.mp4", 8, (64, 48), 1), ("wv1.mp4", 10, (48, 64), 2)],
+                                  "train_retrieval.csv", 'video_id,dataset,text\n'
+                                  'video0,MSRVTT,"[\'a cat\', \'ein Hund, läuft\']"\nwv1,WebVid,"one caption"\n')
     return ann, videos, {}
 
 
 def _grounding(tmp):
-    videos = tmp / "videos"
-    make_test_video(videos / "CharadesSTA/AB12.mp4", 16, (64, 48), 8, seed=3)
-    make_test_video(videos / "TaCoS/s13-d21-cam-002.avi", 8, (64, 48), 8, seed=4)
-    make_test_video(videos / "CharadesSTA/CD34.mp4", 12, (64, 48), 8, seed=5)
-    ann = tmp / "g.csv"
-    ann.write_text("video_id,start_second,end_second,text,relevant_windows,dataset\n"
-                   'AB12,0.5,1.0,person opens door,"[[0.5, 1.0]]",CharadesSTA\n'
-                   's13-d21,0.2,0.6,cuts a carrot,"[[0.2, 0.4], [0.5, 0.6]]",TaCoS\n'
-                   'AB12,1.2,1.9,person sits,"[[1.2, 1.9]]",CharadesSTA\n'
-                   'CD34,0.1,0.3,waves,"[[0.1, 0.3]]",CharadesSTA\n')
+    clips = [("CharadesSTA/AB12.mp4", 16, (64, 48), 3), ("TaCoS/s13-d21-cam-002.avi", 8, (64, 48), 4),
+             ("CharadesSTA/CD34.mp4", 12, (64, 48), 5)]
+    ann, videos = _videos_and_csv(tmp, clips, "g.csv",
+                                  "video_id,start_second,end_second,text,relevant_windows,dataset\n"
+                                  'AB12,0.5,1.0,person opens door,"[[0.5, 1.0]]",CharadesSTA\n'
+                                  's13-d21,0.2,0.6,cuts a carrot,"[[0.2, 0.4], [0.5, 0.6]]",TaCoS\n'
+                                  'AB12,1.2,1.9,person sits,"[[1.2, 1.9]]",CharadesSTA\n'
+                                  'CD34,0.1,0.3,waves,"[[0.1, 0.3]]",CharadesSTA\n')
     return ann, videos, {}
 
 
 def _localization(tmp):
-    videos = tmp / "videos"
-    make_test_video(videos / "HACS/v_abc.mp4", 16, (64, 48), 8, seed=6)
-    make_test_video(videos / "HACS/v_def.mp4", 8, (64, 48), 8, seed=7)
     labels = tmp / "label2id.json"
     labels.write_text(json.dumps({"HACS": {"Archery": 0, "Ballet": 1}}))
-    ann = tmp / "loc.csv"
-    ann.write_text("video_id,start_second,end_second,text,relevant_windows,dataset,duration\n"
-                   'abc,0.0,0.5,Ballet,"[[0.0, 0.5], [1.0, 1.5]]",HACS,2.0\n'
-                   'abc,0.6,0.9,Archery,"[[0.6, 0.9]]",HACS,2.0\n'
-                   'def,0.1,0.4,Archery,"[[0.1, 0.4]]",HACS,1.0\n')
+    clips = [("HACS/v_abc.mp4", 16, (64, 48), 6), ("HACS/v_def.mp4", 8, (64, 48), 7)]
+    ann, videos = _videos_and_csv(tmp, clips, "loc.csv",
+                                  "video_id,start_second,end_second,text,relevant_windows,dataset,duration\n"
+                                  'abc,0.0,0.5,Ballet,"[[0.0, 0.5], [1.0, 1.5]]",HACS,2.0\n'
+                                  'abc,0.6,0.9,Archery,"[[0.6, 0.9]]",HACS,2.0\n'
+                                  'def,0.1,0.4,Archery,"[[0.1, 0.4]]",HACS,1.0\n')
     return ann, videos, {"class_names": str(labels)}
 
 
@@ -78,7 +82,7 @@ def _vis(tmp):
         files = [f"s{vid}/{i:05d}.jpg" for i in range(n)]
         for i, f in enumerate(files):
             (root / f).parent.mkdir(parents=True, exist_ok=True)
-            (root / f).write_bytes(schema.encode_jpeg(frame_pattern(i, (w, h), seed=vid)))
+            (root / f).write_bytes(jpeg.encode_jpeg(frame_pattern(i, (w, h), seed=vid)))
         videos.append({"id": vid, "file_names": files, "height": h, "width": w})
         for inst, cat in enumerate((7, 3)):
             segs = []
@@ -153,7 +157,7 @@ def test_every_record_reads_back_through_tfds_data_source(tmp_path, task):
     assert builder.info.name == task
     assert builder.info.splits["train"].num_examples == summary.num_examples
     ds = builder.as_data_source(split="train")
-    src = open_shards(out)
+    src = open_source(out)
     assert len(ds) == len(src) == summary.num_examples >= 2
     for i in range(len(src)):
         rec = schema.decode_record(src[i])
@@ -196,7 +200,7 @@ def test_resumed_conversion_writes_the_same_tfds_metadata(tmp_path):
     for name in ("dataset_info.json", "features.json", "metadata.json"):
         assert (out / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
     ds = tfds.builder_from_directory(str(out)).as_data_source(split="train")
-    src = open_shards(out)
+    src = open_source(out)
     for i in range(len(src)):
         _assert_same(tfds_info.from_tfds(ds[i]), schema.decode_record(src[i]))
 
@@ -211,7 +215,7 @@ def test_tfrecord_output_has_tfds_metadata_and_parses(tmp_path):
     assert builder.info.splits["train"].num_examples == 2
     files = builder.info.splits["train"].filepaths
     assert [pathlib.Path(f).name for f in files] == ["localization.tfrecord-00000-of-00001"]
-    src = open_shards(tmp_path / "out")
+    src = open_source(tmp_path / "out")
     for i in range(len(src)):
         ex = builder.info.features.deserialize_example_np(src[i])
         _assert_raw_tfds_matches(ex, schema.decode_record(src[i]))

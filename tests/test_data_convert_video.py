@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from data_helpers import frame_index_of, frame_pattern, make_test_video, truncate_file
-from data_pipelines import video
+from data_pipelines.records import frames as jpeg
+from streamformer_jax import video
 
 
 @pytest.fixture(scope="module")
@@ -40,21 +41,21 @@ def test_short_side_resize_keeps_aspect_and_never_upscales(clip):
     assert frames.shape[1:] == (24, 32, 3)
     assert [frame_index_of(f) for f in frames] == list(range(24))
     assert video.read_video(clip, short_side=480)[1].shape[1:3] == (48, 64)
-    assert video.resized_size(640, 272, 224) == (528, 224)
-    assert video.resized_size(272, 640, 224) == (224, 528)
+    assert video.downscale_size(640, 272, 224) == (528, 224)
+    assert video.downscale_size(272, 640, 224) == (224, 528)
 
 
 def test_errors_name_the_file(tmp_path, clip):
     missing = tmp_path / "nope.mp4"
-    with pytest.raises(video.VideoDecodeError, match="nope.mp4: missing file"):
+    with pytest.raises(video.VideoReadError, match="nope.mp4: missing file"):
         video.read_video(missing)
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
-    with pytest.raises(video.VideoDecodeError, match="empty.mp4: empty file"):
+    with pytest.raises(video.VideoReadError, match="empty.mp4: empty file"):
         video.read_video(empty)
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"this is not a video" * 100)
-    with pytest.raises(video.VideoDecodeError, match="junk.mp4: cannot open"):
+    with pytest.raises(video.VideoReadError, match="junk.mp4: cannot open"):
         video.read_video(junk)
 
 
@@ -73,16 +74,14 @@ def test_truncated_faststart_file_is_detected(tmp_path):
             out.mux(p)
     assert len(video.read_video(path)[0]) == 40
     truncate_file(path, 0.6)
-    with pytest.raises(video.VideoDecodeError, match="fast.mp4: truncated"):
+    with pytest.raises(video.VideoReadError, match="fast.mp4: truncated"):
         video.read_video(path)
 
 
 def test_read_image(tmp_path):
-    from data_pipelines import schema
-
     img = frame_pattern(5, (64, 48))
     path = tmp_path / "f.jpg"
-    path.write_bytes(schema.encode_jpeg(img))
+    path.write_bytes(jpeg.encode_jpeg(img))
     out = video.read_image(path)
     assert out.shape == (48, 64, 3) and frame_index_of(out) == 5
     assert video.read_image(path, short_side=24).shape == (24, 32, 3)

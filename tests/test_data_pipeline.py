@@ -4,18 +4,21 @@ Frames of the test records encode their index in the green channel and the horiz
 channel (a left-to-right ramp), so a test can tell which stored frame a decoded frame is and whether the clip
 was flipped, after any crop.
 """
-import importlib.util
 import json
 import multiprocessing
-import pathlib
 
 import grain
 import jax
 import numpy as np
 import pytest
 
-from data_pipelines import schema
-from data_pipelines.pipeline import builtin, loader, mixture, sampling, sources, tasks
+from data_pipelines.records import frames as jpeg
+from data_pipelines.records import schema
+from data_pipelines.pipeline import builtin, loader, mixture, sampling, transforms
+from data_pipelines.records import sources
+from streamformer_jax.models.streamformer import normalize_pixels
+from streamformer_jax.tasks import registry
+from streamformer_jax.train.config_files import load_config
 
 W, H, N = 40, 32, 24  # stored frame size and frame count of the test records
 FPS = 4.0
@@ -51,7 +54,7 @@ def square_mask(i):
 
 def make_record(task, k, n=N):
     times = np.arange(n) / FPS
-    ex = dict(task=task, video_id=f"{task}{k:03d}", frames=[schema.encode_jpeg(frame_rgb(i)) for i in range(n)],
+    ex = dict(task=task, video_id=f"{task}{k:03d}", frames=[jpeg.encode_jpeg(frame_rgb(i)) for i in range(n)],
               frame_times=times, fps=FPS, source_fps=FPS, height=H, width=W, duration=n / FPS, dataset="test")
     if task in ("kinetics", "ssv2"):
         ex["label"] = k % 5
@@ -72,11 +75,11 @@ def make_record(task, k, n=N):
 
 @pytest.fixture(scope="module")
 def records():
-    return {t: [make_record(t, k) for k in range(12)] for t in mixture.DEFAULT_ORDER}
+    return {t: [make_record(t, k) for k in range(12)] for t in registry.names()}
 
 
 def options(train=True, **kw):
-    return tasks.ClipOptions(num_frames=T, size=SIZE, train=train, patch_size=4, clip_seconds=2.0, **kw)
+    return transforms.ClipOptions(num_frames=T, size=SIZE, train=train, patch_size=4, clip_seconds=2.0, **kw)
 
 
 def crop_for(task):
@@ -85,7 +88,7 @@ def crop_for(task):
 
 def mixed(records, batch=2, process_index=0, process_count=1, seed=3):
     per_task = {
-        t: loader.task_dataset(recs, tasks.make_transform(t, options(crop=crop_for(t))), seed=seed,
+        t: loader.task_dataset(recs, transforms.make_transform(t, options(crop=crop_for(t))), seed=seed,
                                host_batch_size=batch, process_index=process_index, process_count=process_count)
         for t, recs in records.items()
     }
@@ -104,7 +107,7 @@ def test_host_slices_are_disjoint_and_cover_each_epoch(records):
     hosts = 3
     per_host = []
     for p in range(hosts):
-        ds = loader.task_dataset(recs, tasks.make_transform("kinetics", options()), seed=1, host_batch_size=2,
+        ds = loader.task_dataset(recs, transforms.make_transform("kinetics", options()), seed=1, host_batch_size=2,
                                  process_index=p, process_count=hosts)
         ids = [str(v) for i in range(4) for v in ds[i]["video_id"]]  # 8 examples per host = 2 epochs in all
         per_host.append(ids)
@@ -118,7 +121,7 @@ def test_host_slices_are_disjoint_and_cover_each_epoch(records):
 
 def test_eval_dataset_reads_each_record_once_in_order(records):
     recs = records["localization"][:5]
-    ds = loader.task_dataset(recs, tasks.make_transform("localization", options(train=False)), seed=0,
+    ds = loader.task_dataset(recs, transforms.make_transform("localization", options(train=False)), seed=0,
                              host_batch_size=2, train=False)
     assert len(ds) == 3  # 2 + 2 + 1: the last, partial batch is kept
     ids = [str(v) for i in range(len(ds)) for v in ds[i]["video_id"]]
@@ -126,15 +129,15 @@ def test_eval_dataset_reads_each_record_once_in_order(records):
 
 
 def test_task_seeds_differ_between_tasks_and_stages():
-    seeds = {loader.derive_seed(42, t, stage) for t in mixture.DEFAULT_ORDER for stage in ("shuffle", "augment")}
+    seeds = {loader.derive_seed(42, t, stage) for t in registry.names() for stage in ("shuffle", "augment")}
     assert len(seeds) == 12 and all(0 <= s < 2**32 for s in seeds)
 
 
 def test_same_example_same_augmentation_whatever_the_host_count(records):
     # RNG is keyed by the global stream position: host 1 of 2 sees global elements 1, 3, 5, ...
-    one = loader.task_dataset(records["kinetics"], tasks.make_transform("kinetics", options()), seed=5,
+    one = loader.task_dataset(records["kinetics"], transforms.make_transform("kinetics", options()), seed=5,
                               host_batch_size=1)
-    two = loader.task_dataset(records["kinetics"], tasks.make_transform("kinetics", options()), seed=5,
+    two = loader.task_dataset(records["kinetics"], transforms.make_transform("kinetics", options()), seed=5,
                               host_batch_size=1, process_index=1, process_count=2)
     for i in range(3):
         assert_batches_equal(one[2 * i + 1], two[i])
@@ -148,7 +151,7 @@ def test_restored_iterator_yields_exactly_the_next_batches(records):
         next(it)
     state = json.loads(json.dumps(it.get_state()))  # must survive a JSON checkpoint
     expected = [next(it) for _ in range(7)]
-    assert [b["task"] for b in expected] == list(mixture.DEFAULT_ORDER[5:]) + list(mixture.DEFAULT_ORDER)
+    assert [b["task"] for b in expected] == list(registry.names()[5:]) + list(registry.names())
     restored = loader.BatchIterator(mixed(records))  # a fresh pipeline, as after a restart
     restored.set_state(state)
     for want in expected:
@@ -190,10 +193,10 @@ def test_worker_processes_run_and_give_identical_batches(records):
 
 
 # ------------------------------------------------------------------------------------------- content
-@pytest.mark.parametrize("task", mixture.DEFAULT_ORDER)
+@pytest.mark.parametrize("task", registry.names())
 def test_eval_clips_and_targets_read_back(records, task):
     rec = records[task][4]
-    out = tasks.make_transform(task, options(train=False)).random_map(rec, np.random.default_rng(0))
+    out = transforms.make_transform(task, options(train=False)).random_map(rec, np.random.default_rng(0))
     idx = out["frame_index"]
     assert out["video"].shape == (T, SIZE, SIZE, 3) and out["video"].dtype == np.uint8
     assert [index_of(f) for f in out["video"]] == list(idx)  # the decoded frames are the sampled ones
@@ -231,7 +234,7 @@ def test_grounding_with_several_relevant_windows_uses_all_of_them():
     ex.update(captions=["q0", "q1"], windows=np.array([[1.0, 3.0], [0.0, 1.0]], np.float32),
               relevant_windows=np.array([[1.0, 1.5], [2.5, 3.0], [0.0, 1.0]], np.float32),
               relevant_window_caption=np.array([0, 0, 1], np.int32))
-    out = tasks.make_transform("grounding", options(train=False)).random_map(schema.encode_record(ex), None)
+    out = transforms.make_transform("grounding", options(train=False)).random_map(schema.encode_record(ex), None)
     t = out["frame_index"] / FPS
     want = ((t >= 1.0) & (t <= 1.5)) | ((t >= 2.5) & (t <= 3.0))  # caption 0's two windows, not [1, 3]
     assert want.any() and not want.all()
@@ -240,7 +243,7 @@ def test_grounding_with_several_relevant_windows_uses_all_of_them():
 
 def test_train_frames_match_their_indices_after_random_crops(records):
     for task in ("kinetics", "retrieval", "vis"):
-        tr = tasks.make_transform(task, options(crop=crop_for(task)))
+        tr = transforms.make_transform(task, options(crop=crop_for(task)))
         for s in range(4):
             out = tr.random_map(records[task][s], np.random.default_rng(s))
             assert [index_of(f) for f in out["video"]] == list(out["frame_index"])
@@ -248,15 +251,15 @@ def test_train_frames_match_their_indices_after_random_crops(records):
 
 def test_randaugment_runs_after_the_crop_in_training_only(records):
     ra = "rand-m9-n2-mstd0-p1.0-inc1"  # always two ops, so every clip changes
-    plain = tasks.make_transform("kinetics", options(crop="rrc", flip=False))
-    augmented = tasks.make_transform("kinetics", options(crop="rrc", flip=False, randaugment=ra))
+    plain = transforms.make_transform("kinetics", options(crop="rrc", flip=False))
+    augmented = transforms.make_transform("kinetics", options(crop="rrc", flip=False, randaugment=ra))
     for s in range(4):
         a = augmented.random_map(records["kinetics"][s], np.random.default_rng(s))
         b = plain.random_map(records["kinetics"][s], np.random.default_rng(s))
         np.testing.assert_array_equal(a["frame_index"], b["frame_index"])  # same sampling and crop draws
         assert (a["video"] != b["video"]).any()
-    evaluation = tasks.make_transform("kinetics", options(train=False, randaugment=ra))
-    reference = tasks.make_transform("kinetics", options(train=False))
+    evaluation = transforms.make_transform("kinetics", options(train=False, randaugment=ra))
+    reference = transforms.make_transform("kinetics", options(train=False))
     np.testing.assert_array_equal(evaluation.random_map(records["kinetics"][0], np.random.default_rng(0))["video"],
                                   reference.random_map(records["kinetics"][0], np.random.default_rng(0))["video"])
 
@@ -264,7 +267,7 @@ def test_randaugment_runs_after_the_crop_in_training_only(records):
 def test_ssv2_is_never_flipped_but_kinetics_is(records):
     flips = {}
     for task in ("ssv2", "kinetics"):
-        tr = tasks.make_transform(task, options(crop="rrc", flip=True))  # ssv2 ignores flip=True
+        tr = transforms.make_transform(task, options(crop="rrc", flip=True))  # ssv2 ignores flip=True
         flips[task] = [is_flipped(tr.random_map(records[task][s % 12], np.random.default_rng(s))["video"])
                        for s in range(40)]
     assert not any(flips["ssv2"])
@@ -273,8 +276,8 @@ def test_ssv2_is_never_flipped_but_kinetics_is(records):
 
 def test_vis_mask_is_flipped_with_the_frames(records):
     # Same RNG stream with and without flipping: the flip is the last draw, so crops are identical.
-    flipping = tasks.make_transform("vis", options(flip=True))
-    plain = tasks.make_transform("vis", options(flip=False))
+    flipping = transforms.make_transform("vis", options(flip=True))
+    plain = transforms.make_transform("vis", options(flip=False))
     seen = set()
     for s in range(12):
         out = flipping.random_map(records["vis"][s], np.random.default_rng(s))
@@ -302,13 +305,13 @@ def test_global_batch_is_sharded_over_the_data_axes(records):
     assert {s.data.shape[0] for s in video.addressable_shards} == {2}  # 8 rows over 4 data shards
     np.testing.assert_array_equal(np.asarray(video), host["video"])
     assert out["task"] == "kinetics" and isinstance(out["video_id"], np.ndarray)  # strings stay on host
-    normed = jax.jit(loader.normalize_frames)(video)
+    normed = jax.jit(normalize_pixels)(video)
     np.testing.assert_allclose(np.asarray(normed), host["video"] / 127.5 - 1.0, atol=1e-6)
 
 
 def test_normalize_frames_range():
     x = np.array([0, 255, 128], np.uint8)
-    np.testing.assert_allclose(np.asarray(loader.normalize_frames(x)), [-1.0, 1.0, 128 / 127.5 - 1], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(normalize_pixels(x)), [-1.0, 1.0, 128 / 127.5 - 1], atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------- built-in data
@@ -317,19 +320,11 @@ def _centroid_x(clip):
     return [np.nonzero(f.any(axis=0))[0].mean() for f in sat if f.any()]
 
 
-def load_config(name, *args):
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(*args)
-
-
 def test_builtin_dataset_through_the_config(tmp_path):
     config = load_config("data_builtin", str(tmp_path / "builtin"))
     it = loader.make_train_iterator(config)
     batches = [next(it) for _ in range(6)]
-    assert [b["task"] for b in batches] == list(mixture.DEFAULT_ORDER)  # equal sizes -> one batch each
+    assert [b["task"] for b in batches] == list(registry.names())  # equal sizes -> one batch each
     for b in batches:
         assert b["video"].shape == (8, 8, 32, 32, 3)
     ssv2 = batches[1]
@@ -344,4 +339,4 @@ def test_builtin_tfrecord_and_arrayrecord_read_the_same(tmp_path):
     b = builtin.build_builtin_dataset(tmp_path / "b", videos_per_task=2, tasks=("grounding",), fmt="tfrecord")
     sa, sb = sources.open_source(a["grounding"]), sources.open_source(b["grounding"])
     assert len(sa) == len(sb) == 2 and [sa[i] for i in range(2)] == [sb[i] for i in range(2)]
-    assert sources.metadata(b["grounding"])["format"] == "tfrecord"
+    assert sources.load_metadata(b["grounding"])["format"] == "tfrecord"

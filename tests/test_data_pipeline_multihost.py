@@ -14,14 +14,15 @@ HOST_SCRIPT = textwrap.dedent(
     port, pid, data_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
     from jax.experimental import multihost_utils
-    from data_pipelines.pipeline import loader, mixture, sources, tasks
+    from data_pipelines.pipeline import loader, mixture, transforms
+    from data_pipelines.records import sources
 
     B = 4  # global batch
-    opts = tasks.ClipOptions(num_frames=4, size=16, crop="rrc")
+    opts = transforms.ClipOptions(num_frames=4, size=16, crop="rrc")
 
     def dataset(process_index, process_count):
         src = sources.open_source(f"{data_dir}/kinetics")
-        per_task = {"kinetics": loader.task_dataset(src, tasks.make_transform("kinetics", opts), seed=7,
+        per_task = {"kinetics": loader.task_dataset(src, transforms.make_transform("kinetics", opts), seed=7,
                     host_batch_size=B // process_count, process_index=process_index,
                     process_count=process_count)}
         return loader.mixed_dataset(per_task, ("kinetics",))

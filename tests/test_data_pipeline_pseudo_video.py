@@ -4,9 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from data_pipelines import schema
-from data_pipelines.pipeline import augment, tasks
-from data_pipelines.pipeline.codec import JpegDecoder
+from data_pipelines.records import frames as jpeg
+from data_pipelines.records import schema
+from data_pipelines.pipeline import augment, transforms
+from data_pipelines.records.frames import JpegDecoder
 
 S = 48  # stored image size (square) and output size: the training crop is then the whole rotated image
 T = 8
@@ -25,13 +26,13 @@ def _square_image(size=S, box=(14, 34, 12, 30)):
 def _record(dataset, img, mask, category=3):
     lengths, counts = schema.encode_masks(mask[None, None])
     return schema.encode_record(dict(
-        task="vis", video_id="000001", dataset=dataset, frames=[schema.encode_jpeg(img, quality=95)],
+        task="vis", video_id="000001", dataset=dataset, frames=[jpeg.encode_jpeg(img, quality=95)],
         frame_times=[0.0], fps=6.0, source_fps=6.0, height=img.shape[0], width=img.shape[1], duration=1 / 6,
         categories=np.array([category], np.int32), mask_rle_lengths=lengths, mask_rle_counts=counts))
 
 
 def _transform(train=True, **kw):
-    return tasks.make_transform("vis", tasks.ClipOptions(num_frames=T, size=S, train=train, flip=False,
+    return transforms.make_transform("vis", transforms.ClipOptions(num_frames=T, size=S, train=train, flip=False,
                                                          patch_size=1, **kw))
 
 
@@ -143,7 +144,7 @@ def test_coco_rotation_comes_before_the_mask_aware_crop():
     """Output smaller than the image: the crop is drawn around the rotated masks, targets stay aligned."""
     img, mask = _square_image(64, (40, 56, 44, 60))  # object near the bottom-right corner
     rec = _record("COCO", img, mask)
-    tr = tasks.make_transform("vis", tasks.ClipOptions(num_frames=T, size=32, train=True, flip=True, patch_size=1,
+    tr = transforms.make_transform("vis", transforms.ClipOptions(num_frames=T, size=32, train=True, flip=True, patch_size=1,
                                                        scale_jitter=(2.0, 2.0)))  # 32-px crop of a 64-px image
     in_view = 0
     for s in range(6):
@@ -168,16 +169,10 @@ def test_youtube_vis_and_evaluation_are_not_rotated():
 
 
 def test_config_key_sets_the_rotation_range():
-    import importlib.util
-    import pathlib
-
     from data_pipelines.pipeline import loader
+    from streamformer_jax.train.config_files import load_config
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "data_pretrain.py"
-    spec = importlib.util.spec_from_file_location("data_pretrain", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config("data_pretrain")
     assert loader.task_options(config, "vis").pseudo_video_max_angle == 15.0  # on by default
     config.tasks.vis.pseudo_video_max_angle = 0.0
     assert loader.task_options(config, "vis").pseudo_video_max_angle == 0.0

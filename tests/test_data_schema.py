@@ -4,13 +4,14 @@ import time
 import numpy as np
 import pytest
 
-from data_pipelines import schema
+from data_pipelines.records import frames as jpeg
+from data_pipelines.records import schema
 from data_pipelines.annotations import coco_rle
 
 
 def _frames(n, h=24, w=32):
     rng = np.random.default_rng(0)
-    return [schema.encode_jpeg(np.full((h, w, 3), 30 * i, np.uint8) + rng.integers(0, 5, (h, w, 3), np.uint8))
+    return [jpeg.encode_jpeg(np.full((h, w, 3), 30 * i, np.uint8) + rng.integers(0, 5, (h, w, 3), np.uint8))
             for i in range(n)]
 
 
@@ -126,15 +127,15 @@ def test_jpeg_round_trip_and_speed():
     y, x = np.mgrid[0:256, 0:320]
     img = np.stack([x * 0.7, y * 0.9, (x + y) * 0.4], -1) + rng.normal(0, 3, (256, 320, 3))
     img = np.clip(img, 0, 255).astype(np.uint8)
-    data = schema.encode_jpeg(img)
+    data = jpeg.encode_jpeg(img)
     assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"  # SOI / EOI markers: a real JPEG file
-    assert schema.encode_jpeg(img) == data  # deterministic
-    dec = schema.JpegDecoder()
+    assert jpeg.encode_jpeg(img) == data  # deterministic
+    dec = jpeg.JpegDecoder()
     out = dec(data)
     assert out.shape == img.shape and out.dtype == np.uint8
     assert np.abs(out.astype(int) - img).mean() < 4
     t0 = time.perf_counter()
-    clip = schema.decode_frames([data] * 16, decoder=dec)
+    clip = jpeg.decode_frames([data] * 16, decoder=dec)
     per_clip = time.perf_counter() - t0
     assert clip.shape == (16, 256, 320, 3)
     # Part B needs >= 10 clips/s/core; typical is ~60. A loose bound that still catches a 10x regression.

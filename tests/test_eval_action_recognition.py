@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 
 from eval import action_recognition as AR
+from streamformer_jax.convert import classifier_io
+from streamformer_jax.models import classifier
 
 
 def test_kinetics_test_indices_hand_computed():
@@ -62,17 +64,15 @@ def test_official_bug_groups_hand_computed():
 
     # B=1, T=2, N=3, D=1 with value 10 t + n. Official order (n*T + t): 0 10 1 11 2 12.
     tokens = jnp.array([[[[0.0], [1.0], [2.0]], [[10.0], [11.0], [12.0]]]])
-    groups = np.asarray(AR.official_bug_groups(tokens))[0, :, :, 0]
+    groups = np.asarray(classifier.official_bug_groups(tokens))[0, :, :, 0]
     assert groups.tolist() == [[0, 10, 1], [11, 2, 12]]  # not the frames [[0,1,2],[10,11,12]]
     # the original views with config.num_frames groups: 6 tokens as 3 groups of 2
-    assert np.asarray(AR.official_bug_groups(tokens, 3))[0, :, :, 0].tolist() == [[0, 10], [1, 11], [2, 12]]
+    assert np.asarray(classifier.official_bug_groups(tokens, 3))[0, :, :, 0].tolist() == [[0, 10], [1, 11], [2, 12]]
 
 
 @pytest.fixture(scope="module")
 def tiny_official():
-    from conftest import FIXTURES, require_shared
-
-    require_shared(FIXTURES)
+    from conftest import FIXTURES
     from streamformer_jax.checkpoint import load_any
 
     config, params = load_any(FIXTURES / "tiny")
@@ -111,7 +111,7 @@ def test_pooling_matches_torch_reference(tiny_official, frames=2):
     import jax
 
     graphdef, state = nnx.split(model_from_flat_params(config, params))
-    pool = jax.jit(lambda st, pix: {p: AR.pool_clip(nnx.merge(graphdef, st), pix, p) for p in ("official_bug", "mean")})
+    pool = jax.jit(lambda st, pix: {p: classifier.pool_clip(nnx.merge(graphdef, st), pix, p) for p in ("official_bug", "mean")})
     got = pool(state, normalize_pixels(jnp.asarray(video[None])))
     np.testing.assert_allclose(np.asarray(got["official_bug"]), bug, atol=2e-5, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(got["mean"]), mean, atol=2e-5, rtol=1e-5)
@@ -150,7 +150,7 @@ def test_sharded_padded_evaluation_equals_direct_numpy(tiny_official, tmp_path):
     all_views = [rng.integers(0, 256, (proto.num_views, 4, 32, 32, 3), dtype=np.uint8) for _ in range(num_videos)]
     labels = rng.integers(0, num_classes, num_videos)
     videos = [(f"v{i}", int(labels[i])) for i in range(num_videos)]
-    head = AR.init_head(config.hidden_size, num_classes, seed=3, std=1.0)
+    head = classifier.init_head(config.hidden_size, num_classes, seed=3, std=1.0)
     clf = AR.ClipClassifier(config, params, head=head, pooling="mean")
     assert clf.batch_devices == 8
     load = lambda p: all_views[int(p[1:])]  # noqa: E731
@@ -191,7 +191,7 @@ def test_ar_checkpoint_import(tiny_official):
     state["module.fc_norm.bias"] = rng.standard_normal(64).astype(np.float32)
     state["module.classifier.weight"] = rng.standard_normal((5, 64)).astype(np.float32)
     state["module.classifier.bias"] = rng.standard_normal(5).astype(np.float32)
-    ours, head = AR.ar_checkpoint_to_ours(state, config)
+    ours, head = classifier_io.ar_checkpoint_to_ours(state, config)
     assert sorted(ours) == sorted(params)
     np.testing.assert_array_equal(head["classifier"]["kernel"], state["module.classifier.weight"].T)
     feats = rng.standard_normal((3, 64)).astype(np.float32)
@@ -203,7 +203,7 @@ def test_ar_checkpoint_import(tiny_official):
     lin[1].bias.data = torch.from_numpy(state["module.classifier.bias"])
     with torch.no_grad():
         expected = lin(torch.from_numpy(feats)).numpy()
-    np.testing.assert_allclose(np.asarray(AR.head_logits(head, feats)), expected, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(classifier.head_logits(head, feats)), expected, atol=1e-5)
 
 
 def test_load_ar_checkpoint_deepspeed_layout(tiny_official, tmp_path):
@@ -217,7 +217,7 @@ def test_load_ar_checkpoint_deepspeed_layout(tiny_official, tmp_path):
     state["module.classifier.weight"] = torch.arange(3 * 64, dtype=torch.float32).reshape(3, 64)
     state["module.classifier.bias"] = torch.tensor([1.0, 2.0, 3.0])
     torch.save({"module": state, "epoch": 29}, tmp_path / "k400.pt")
-    ours, head = AR.load_ar_checkpoint(tmp_path / "k400.pt", config)
+    ours, head = classifier_io.load_ar_checkpoint(tmp_path / "k400.pt", config)
     for k in params:
         np.testing.assert_array_equal(ours[k], params[k])
     assert head["classifier"]["kernel"].shape == (64, 3) and head["classifier"]["kernel"][1, 0] == 1.0

@@ -20,9 +20,7 @@ def builtin(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from conftest import FIXTURES, require_shared
-
-    require_shared(FIXTURES)
+    from conftest import FIXTURES
     from streamformer_jax.checkpoint import load_any
 
     return load_any(FIXTURES / "tiny")

@@ -80,9 +80,8 @@ def test_ovis_keys_and_shapes_match_the_spec_table():
 
 @pytest.fixture(scope="module")
 def tiny_dir():
-    from conftest import FIXTURES, require_shared
+    from conftest import FIXTURES
 
-    require_shared(FIXTURES)
     return FIXTURES / "tiny"
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from multihost import run_two_hosts
+from streamformer_jax.models import classifier
 
 HOST_SCRIPT = textwrap.dedent(
     """
@@ -19,13 +20,14 @@ HOST_SCRIPT = textwrap.dedent(
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
     from eval import action_recognition as AR
     from streamformer_jax.checkpoint import load_any
+    from streamformer_jax.models import classifier
 
     config, params = load_any(fixture)
     proto = AR.Protocol("k400", num_frames=4, temporal_views=1, spatial_views=3)
     videos = [(f"v{i}", i % 5) for i in range(7)]
     def load(p):
         return np.random.default_rng(int(p[1:])).integers(0, 256, (3, 4, 32, 32, 3), dtype=np.uint8)
-    clf = AR.ClipClassifier(config, params, head=AR.init_head(64, 5, seed=3, std=1.0))
+    clf = AR.ClipClassifier(config, params, head=classifier.init_head(64, 5, seed=3, std=1.0))
     assert clf.batch_devices == 2, clf.batch_devices
     res = AR.evaluate(clf, videos, proto, batch_size=4, ks=(1, 2), load_views=load, progress=False,
                       out=f"{out}/res.json")
@@ -41,9 +43,8 @@ HOST_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_two_hosts_give_the_single_host_metrics(tmp_path):
-    from conftest import FIXTURES, require_shared
+    from conftest import FIXTURES
 
-    require_shared(FIXTURES)
     script = tmp_path / "host.py"
     script.write_text(HOST_SCRIPT)
     outs = run_two_hosts(script, [FIXTURES / "tiny", tmp_path], timeout=240)
@@ -65,7 +66,7 @@ def test_two_hosts_give_the_single_host_metrics(tmp_path):
     def load(p):
         return np.random.default_rng(int(p[1:])).integers(0, 256, (3, 4, 32, 32, 3), dtype=np.uint8)
 
-    clf = AR.ClipClassifier(config, params, head=AR.init_head(64, 5, seed=3, std=1.0))
+    clf = AR.ClipClassifier(config, params, head=classifier.init_head(64, 5, seed=3, std=1.0))
     single = AR.evaluate(clf, videos, proto, batch_size=8, ks=(1, 2), load_views=load, progress=False)
     for r in results:  # every host reports the global (summed) metrics
         assert r["n"] == 7

@@ -33,9 +33,7 @@ def test_output_name_follows_the_original():
 
 @pytest.fixture(scope="module")
 def tiny_fx():
-    from conftest import FIXTURES, require_shared
-
-    require_shared(FIXTURES)
+    from conftest import FIXTURES
     from streamformer_jax.api import FeatureExtractor
     from streamformer_jax.checkpoint import load_any
 
@@ -124,9 +122,8 @@ def test_extract_all_shards_resume_and_failures(tiny_fx, clip_mp4, tmp_path):
 
 
 def test_cli_and_annotation_folder(tmp_path, clip_mp4, capsys):
-    from conftest import FIXTURES, require_shared
+    from conftest import FIXTURES
 
-    require_shared(FIXTURES)
     ann = tmp_path / "ann"
     ann.mkdir()
     (ann / "train.json").write_text(json.dumps({"clip_a.mp4": {}}))

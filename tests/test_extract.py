@@ -15,7 +15,7 @@ import pytest
 from streamformer_jax.api import FeatureExtractor
 from streamformer_jax.extract import extract_features, main
 from streamformer_jax.models import config as model_config
-from streamformer_jax.models.params import flat_params
+from streamformer_jax.param_tree import flat_params
 from streamformer_jax.models.streamformer import init_model
 from streamformer_jax.video import TruncatedVideoWarning, VideoReader, VideoReadError, select_nearest
 
@@ -46,9 +46,9 @@ def encode_video(path, num_frames, width=96, height=72, fps=25, codec="mpeg4", o
 
 @pytest.fixture(scope="module")
 def tiny_fx():
-    from conftest import FIXTURES, require_shared
+    from conftest import FIXTURES
 
-    return FeatureExtractor.from_checkpoint(require_shared(FIXTURES / "tiny"))
+    return FeatureExtractor.from_checkpoint(FIXTURES / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +256,7 @@ def _bad_inputs(tmp_path):
     np.save(no_channels, np.zeros((2, 32, 32), np.uint8))
     rgba = tmp_path / "rgba.npy"
     np.save(rgba, np.zeros((2, 32, 32, 4), np.uint8))
-    return [(missing, "no such file"), (corrupt, "not a readable video file"), (empty, "empty file"),
+    return [(missing, "missing file"), (corrupt, "cannot open container"), (empty, "empty file"),
             (as_float, "expected dtype uint8"), (no_channels, "expected shape [T, H, W, 3]"),
             (rgba, "expected shape [T, H, W, 3]")]
 
@@ -267,7 +267,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
         # The input is checked before the checkpoint is loaded, so any checkpoint path will do.
         rc = main(["--checkpoint", str(tmp_path / "no_ckpt"), "--video", str(path), "--out", str(out)])
         err = capsys.readouterr().err
-        assert rc == 1, path
+        assert rc == 2, path
         assert err.startswith(f"error: {path}: ") and reason in err, err
         assert "Traceback" not in err and not out.exists()
     with pytest.raises(VideoReadError, match="float32"):
@@ -276,7 +276,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     good = tmp_path / "good.npy"
     np.save(good, np.zeros((2, 32, 32, 3), np.uint8))
     rc = main(["--checkpoint", str(tmp_path / "no_ckpt"), "--video", str(good), "--out", str(tmp_path / "o.npz")])
-    assert rc == 1
+    assert rc == 2
     err = capsys.readouterr().err
     assert "cannot load checkpoint" in err and str(tmp_path / "no_ckpt") in err and "Traceback" not in err
     # Bad option values are usage errors (exit 2).
@@ -291,8 +291,8 @@ def test_cli_subprocess_corrupt_file(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "streamformer_jax.extract", "--checkpoint", str(tmp_path),
                            "--video", str(corrupt), "--out", str(tmp_path / "o.npz")], cwd=REPO_ROOT,
                           env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1
-    assert f"error: {corrupt}: not a readable video file" in proc.stderr
+    assert proc.returncode == 2
+    assert f"error: {corrupt}: cannot open container" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o.npz").exists()
 

@@ -1,4 +1,4 @@
-"""The finetuning loss pieces (train/augment.py) against direct NumPy statements of timm's semantics: mixup /
+"""The finetuning loss pieces (train/regularisation.py) against direct NumPy statements of timm's semantics: mixup /
 cutmix pixels and soft targets, label smoothing, the soft-target cross-entropy, the draw statistics, and
 per-frame random erasing."""
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from streamformer_jax.train import augment as A
+from streamformer_jax.train import regularisation as A
 
 B, T, H, W, C = 6, 2, 12, 10, 3
 NUM_CLASSES = 5

@@ -11,8 +11,10 @@ from flax import nnx
 from eval import action_recognition as AR
 from streamformer_jax.models.config import tiny
 from streamformer_jax.models.streamformer import normalize_pixels
-from streamformer_jax.train import augment
-from streamformer_jax.train import classifier as CL
+from streamformer_jax.convert import classifier_io
+from streamformer_jax.models import classifier
+from streamformer_jax.train import classifier_kind as CL
+from streamformer_jax.train import regularisation as augment
 from test_train_support import load_config, set_overrides
 
 CFG = tiny(num_layers=1, lora_rank=4)  # one layer: compile time dominates on CPU
@@ -47,20 +49,20 @@ def _finetune_config(**overrides):
 
 @pytest.mark.parametrize("pooling", ["mean", "official_bug"])
 def test_logits_are_eval_head_on_eval_pooling(pooling):
-    model = _randomize(CL.VideoClassifier(CFG, NUM_CLASSES, pooling=pooling, rngs=0), 1)
+    model = _randomize(classifier.VideoClassifier(CFG, NUM_CLASSES, pooling=pooling, rngs=0), 1)
     pixels = normalize_pixels(_video(0))
     logits = np.asarray(model(pixels))
-    head = CL.head_from_flat(_flat(model))
+    head = classifier.head_from_flat(_flat(model))
     assert head["classifier"]["kernel"].shape == (64, NUM_CLASSES)
-    feats = AR.pool_clip(model.backbone, pixels, pooling)
-    np.testing.assert_allclose(logits, np.asarray(AR.head_logits(head, feats)), atol=1e-5, rtol=1e-5)
+    feats = classifier.pool_clip(model.backbone, pixels, pooling)
+    np.testing.assert_allclose(logits, np.asarray(classifier.head_logits(head, feats)), atol=1e-5, rtol=1e-5)
     if pooling == "mean":  # per-frame MAP vectors averaged over the clip's frames
         per_frame = np.asarray(model.backbone(pixels)["pooler_output"], np.float64)
         np.testing.assert_allclose(np.asarray(feats), per_frame.mean(1), atol=1e-5)
 
 
 def test_loss_equals_numpy_cross_entropy_on_numpy_mixed_clips():
-    model = _randomize(CL.VideoClassifier(CFG, NUM_CLASSES, rngs=0), 2)
+    model = _randomize(classifier.VideoClassifier(CFG, NUM_CLASSES, rngs=0), 2)
     video = _video(1)
     labels = np.array([0, 3, 4, 1])
     batch = {"video": video, "label": labels}
@@ -99,9 +101,11 @@ def test_loss_equals_numpy_cross_entropy_on_numpy_mixed_clips():
 
 
 def test_trainable_and_weight_decay_split():
-    from streamformer_jax.train.model import build_task_model
+    from streamformer_jax.train.model_kinds import build_task_model
+    from streamformer_jax.train.task_model import ModelSettings
 
-    tm = build_task_model(_finetune_config(), {"kinetics": ["red", "green", "blue", "yellow"]})
+    settings = ModelSettings.from_config(_finetune_config())
+    tm = build_task_model(settings, {"kinetics": ["red", "green", "blue", "yellow"]})
     names = list(_flat(tm.model))
     frozen = sorted(n for n in names if not tm.trainable(n))
     assert frozen == sorted(f"backbone.layers.0.attention.{p}.base.{w}" for p in ("qkv", "out")
@@ -121,9 +125,11 @@ def test_trainable_and_weight_decay_split():
 def test_export_is_what_eval_reads(tmp_path):
     """WORKDIR/export as the trainer writes it -> `eval.action_recognition` gives the model's own softmax."""
     from streamformer_jax.checkpoint import load_any, save_checkpoint
-    from streamformer_jax.train.model import build_task_model
+    from streamformer_jax.train.model_kinds import build_task_model
+    from streamformer_jax.train.task_model import ModelSettings
 
-    tm = build_task_model(_finetune_config(), {"kinetics": ["red", "green", "blue", "yellow"]})
+    settings = ModelSettings.from_config(_finetune_config())
+    tm = build_task_model(settings, {"kinetics": ["red", "green", "blue", "yellow"]})
     _randomize(tm.model, 3)
     flat = _flat(tm.model)
     out = tmp_path / "export"
@@ -134,25 +140,25 @@ def test_export_is_what_eval_reads(tmp_path):
     assert info == {"task": "kinetics", "num_classes": 4, "class_names": ["red", "green", "blue", "yellow"],
                     "pooling": "mean", "head": CL.HEAD_FILE}
     config, params = load_any(out)
-    clf = AR.ClipClassifier(config, params, AR.load_head(out / info["head"]), pooling=info["pooling"])
+    clf = AR.ClipClassifier(config, params, classifier_io.load_head(out / info["head"]), pooling=info["pooling"])
     frames = _video(5, b=8)  # 8 fake devices
     want = np.asarray(jax.nn.softmax(tm.model(normalize_pixels(frames)), -1))
     np.testing.assert_allclose(clf.probs(frames), want, atol=1e-5)
 
     pytest.importorskip("torch")  # the original AR checkpoint layout, read back by load_ar_checkpoint
     path = CL.export_ar_checkpoint(out, config, flat)
-    got_params, got_head = AR.load_ar_checkpoint(path, config)
+    got_params, got_head = classifier_io.load_ar_checkpoint(path, config)
     assert sorted(got_params) == sorted(params)
     for k, v in params.items():
         np.testing.assert_array_equal(got_params[k], v, err_msg=k)
     for part in ("fc_norm", "classifier"):
-        for k, v in CL.head_from_flat(flat)[part].items():
+        for k, v in classifier.head_from_flat(flat)[part].items():
             np.testing.assert_array_equal(got_head[part][k], v)
 
 
 def test_init_from_checkpoints_with_and_without_lora(tmp_path):
     from streamformer_jax.checkpoint import save_checkpoint
-    from streamformer_jax.models.params import flat_params
+    from streamformer_jax.param_tree import flat_params
     from streamformer_jax.models.streamformer import init_model
 
     for rank in (0, 4):

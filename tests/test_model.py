@@ -9,7 +9,8 @@ from flax import nnx
 from streamformer_jax.convert.official import read_official_dir
 from streamformer_jax.models import config as configs
 from streamformer_jax.models.embeddings import clip_time_ids, resize_position_embeddings
-from streamformer_jax.models.params import flat_params, model_from_flat_params
+from streamformer_jax.models.params import model_from_flat_params
+from streamformer_jax.param_tree import flat_params
 from streamformer_jax.models.streamformer import init_model, normalize_pixels
 
 TOL = 1e-5

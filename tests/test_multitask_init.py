@@ -9,7 +9,7 @@ from flax import nnx
 from streamformer_jax.checkpoint import save_checkpoint
 from streamformer_jax.convert.pretrain import write_extras
 from streamformer_jax.convert.siglip import import_siglip
-from streamformer_jax.train import multitask as mt
+from streamformer_jax.tasks import model as mt
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from streamformer_jax.train import losses as _losses
+from streamformer_jax.tasks import losses as _losses
 
 torch = pytest.importorskip("torch")
 

@@ -12,7 +12,10 @@ from streamformer_jax.convert.keymap import backbone_rules, ours_to_official
 from streamformer_jax.models.config import tiny
 from streamformer_jax.models.streamformer import normalize_pixels
 from streamformer_jax.text import SiglipTextConfig
-from streamformer_jax.train import multitask as mt
+from streamformer_jax.param_tree import flat_params
+from streamformer_jax.tasks import model as mt
+from streamformer_jax.tasks import registry
+from streamformer_jax.train import param_groups
 
 TEXT = SiglipTextConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                         num_attention_heads=4, max_position_embeddings=16)
@@ -33,14 +36,14 @@ def _sig(z, y):
 def _randomize(model, seed):
     """Every parameter random (the official init leaves LoRA B, gates and time embeddings at 0)."""
     rng = np.random.default_rng(seed)
-    flat = mt.multitask_flat_params(model)
+    flat = flat_params(model)
     model.set_params({k: (rng.standard_normal(v.shape) * (0.3 if v.ndim else 1.0)).astype(np.float32)
                       for k, v in flat.items() if not k.startswith("heads.")})
 
 
 @pytest.fixture(scope="module")
 def model():
-    m = mt.MultiTaskModel(CFG, mt.TASKS, text_config=TEXT, init_logit_scale=S0, init_logit_bias=B0, rngs=0)
+    m = mt.MultiTaskModel(CFG, registry.names(), text_config=TEXT, init_logit_scale=S0, init_logit_bias=B0, rngs=0)
     _randomize(m, 1)
     m.heads["vis"].copy_from_map_head(m.backbone.head)
     return m
@@ -147,7 +150,7 @@ def test_task_losses_match_numpy_on_backbone_features(model, batch_and_text):
         per.append(((lse - picked) * ok).sum() / max(ok.sum(), 1))
     refs["vis"] = np.mean(per)
     with_captions = {**text, "caption_embedding": caption.astype(np.float32)}  # no text-tower compile per task
-    for task in mt.TASKS:
+    for task in registry.names():
         loss, metrics = _head_loss(model, task, out, _task_batch(task, batch), with_captions)
         np.testing.assert_allclose(float(loss), refs[task], rtol=2e-5, err_msg=task)
         assert float(metrics["loss"]) == float(loss) and float(metrics["logit_scale"]) == pytest.approx(S0)
@@ -166,7 +169,7 @@ def test_vis_projection_starts_as_a_copy_of_the_map_head():
             if k.startswith(ours + "."):
                 np.testing.assert_array_equal(v, head[theirs + k[len(ours):]], err_msg=k)
     # separate trainable copies, not aliases
-    assert "heads.vis.w_v.kernel" in mt.multitask_flat_params(m)
+    assert "heads.vis.w_v.kernel" in flat_params(m)
     m.heads["vis"].w_v.kernel[...] = m.heads["vis"].w_v.kernel[...] + 1.0
     assert not np.array_equal(_np_params(m.backbone.head)["value.kernel"], _np_params(m.heads["vis"])["w_v.kernel"])
 
@@ -193,30 +196,30 @@ def test_gradients_reach_only_trainable_parameters_under_the_masks(model, batch_
     # one optimizer step with the masks: frozen parameters do not move, trainable ones do
     params = nnx.state(model, nnx.Param)
     names = [".".join(map(str, p)) for p, _ in nnx.to_flat_state(params)]
-    labels = mt.mask_tree(params, {n: "train" if t else "frozen" for n, t in mt.trainable_mask(names).items()})
-    decay = mt.mask_tree(params, mt.weight_decay_mask(names))
+    labels = param_groups.mask_tree(params, {n: "train" if t else "frozen" for n, t in param_groups.trainable_mask(names).items()})
+    decay = param_groups.mask_tree(params, param_groups.weight_decay_mask(names))
     tx = optax.multi_transform({"train": optax.adamw(1e-2, weight_decay=0.05, mask=decay),
                                 "frozen": optax.set_to_zero()}, labels)
     new = jax.jit(lambda g, p: optax.apply_updates(p, tx.update(g, tx.init(p), p)[0]))(grads, params)
     before = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(params)}
     after = {".".join(map(str, p)): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(new)}
-    mask = mt.trainable_mask(names)
+    mask = param_groups.trainable_mask(names)
     assert sum(not t for t in mask.values()) == CFG.num_layers * 4 + len([n for n in names if n.startswith("text_encoder.")])
     for n in names:
         if not mask[n]:
             np.testing.assert_array_equal(after[n], before[n], err_msg=n)
-        elif n in nonzero or mt.weight_decay_mask(names)[n]:
+        elif n in nonzero or param_groups.weight_decay_mask(names)[n]:
             assert not np.array_equal(after[n], before[n]), n
     # the nnx filter selects the same set
-    diff = nnx.state(model, mt.trainable_filter(lora=True))
+    diff = nnx.state(model, param_groups.trainable_filter(lora=True))
     assert {".".join(map(str, p)) for p, _ in nnx.to_flat_state(diff)} == {n for n, t in mask.items() if t}
 
 
 def test_masks_reproduce_the_original_parameter_groups():
     cfg = tiny()
-    m = mt.MultiTaskModel(cfg, mt.TASKS, text_config=TEXT, rngs=None)
-    flat = mt.multitask_flat_params(m)
-    decay, train = mt.weight_decay_mask(flat), mt.trainable_mask(flat)
+    m = mt.MultiTaskModel(cfg, registry.names(), text_config=TEXT, rngs=None)
+    flat = flat_params(m)
+    decay, train = param_groups.weight_decay_mask(flat), param_groups.trainable_mask(flat)
     official = ours_to_official({k[len("backbone."):]: np.asarray(v) for k, v in flat.items()
                                  if k.startswith("backbone.")}, cfg, include_buffers=False)
     frozen_re = re.compile(r"^encoder\.layer\.\d+\.attention\.(attention\.qkv|output\.dense)\.(weight|bias)$")
@@ -225,7 +228,7 @@ def test_masks_reproduce_the_original_parameter_groups():
         name = "backbone." + r.ours
         assert decay[name] == (not (len(shape) == 1 or r.theirs.endswith(".bias"))), (name, r.theirs, shape)
         assert train[name] == (not frozen_re.match(r.theirs)), (name, r.theirs)
-    for t in mt.TASKS:  # per-head 0-dim scale and bias: trainable and decayed (spec §5.5)
+    for t in registry.names():  # per-head 0-dim scale and bias: trainable and decayed (spec §5.5)
         assert decay[f"heads.{t}.logit_scale"] and decay[f"heads.{t}.logit_bias"] and train[f"heads.{t}.logit_bias"]
     vis = {"w_v.kernel": True, "w_v.bias": False, "v_proj.kernel": True, "head_layernorm.scale": False,
            "head_layernorm.bias": False, "head_mlp.fc1.kernel": True, "head_mlp.fc2.bias": False}
@@ -233,8 +236,8 @@ def test_masks_reproduce_the_original_parameter_groups():
         assert decay[f"heads.vis.{k}"] == want and train[f"heads.vis.{k}"], k
     assert not any(v for k, v in train.items() if k.startswith("text_encoder."))
     # without LoRA nothing in the backbone is frozen
-    no_lora = mt.multitask_flat_params(mt.MultiTaskModel(tiny(lora_rank=0), ["kinetics"], rngs=None))
-    assert all(mt.trainable_mask(no_lora).values())
+    no_lora = flat_params(mt.MultiTaskModel(tiny(lora_rank=0), ["kinetics"], rngs=None))
+    assert all(param_groups.trainable_mask(no_lora).values())
 
 
 def test_label_ids_order_rows_by_id_and_dataset_ids():

@@ -12,7 +12,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from streamformer_jax import sharding
 from streamformer_jax.models import config as model_configs
 from streamformer_jax.models.streamformer import init_model
-from streamformer_jax.train.model import apply_remat
+from streamformer_jax.train.task_model import apply_remat
 
 
 @pytest.mark.parametrize("remat", ["none", "full"])

@@ -8,7 +8,7 @@ from flax import nnx
 
 from streamformer_jax import FeatureExtractor
 from streamformer_jax.models import config as configs
-from streamformer_jax.models.params import flat_params
+from streamformer_jax.param_tree import flat_params
 from streamformer_jax.models.streamformer import normalize_pixels
 from test_model import _randomised
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from streamformer_jax.text import SiglipTokenizer, compute_label_embeddings, load_text_model
-from streamformer_jax.train import multitask as mt
-from streamformer_jax.train.templates import CAPTION_PREFIXES, SCENE_TEMPLATES, VIDEO_TEMPLATES
+from streamformer_jax.tasks import model as mt
+from streamformer_jax.tasks.templates import CAPTION_PREFIXES, SCENE_TEMPLATES, VIDEO_TEMPLATES
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

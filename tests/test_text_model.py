@@ -1,19 +1,18 @@
 """The Flax SigLIP text tower against transformers' SiglipTextModel, and its loaders."""
-import json
-
 import numpy as np
 import pytest
 
-from streamformer_jax.text import SiglipTextConfig, load_text_model, text_flat_params
+from streamformer_jax.param_tree import flat_params
+from streamformer_jax.text import SiglipTextConfig, load_text_model
 from streamformer_jax.text.model import TextLoadError, hf_to_ours, ours_to_hf
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-from torch_reference import perturb_ as _perturb  # noqa: E402
+from torch_reference import saved_random_model  # noqa: E402
 
+TOL = 1e-5
 TEXT = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=16)
-TOL = 1e-5
 
 
 
@@ -21,11 +20,9 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def hf_text(tmp_path_factory):
     root = tmp_path_factory.mktemp("siglip_text")
-    torch.manual_seed(0)
-    full = transformers.SiglipModel(transformers.SiglipConfig(
-        text_config=TEXT, vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                             intermediate_size=64, image_size=32, patch_size=16)))
-    _perturb(full, 1).eval().save_pretrained(root / "siglip")
+    config = transformers.SiglipConfig(text_config=TEXT, vision_config=dict(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=16))
+    full = saved_random_model(lambda: transformers.SiglipModel(config), root / "siglip", 1)
     return root, full.text_model  # SiglipTextTransformer (same weights as SiglipTextModel.text_model)
 
 
@@ -81,7 +78,7 @@ def test_load_from_extras_file_and_key_table_round_trip(hf_text, tmp_path):
         ref = theirs(input_ids=torch.from_numpy(ids).long()).pooler_output.numpy()
     np.testing.assert_allclose(np.asarray(ours.encode(ids)), ref, rtol=0, atol=TOL)
     # our -> HF names is the exact inverse
-    back = ours_to_hf({k: np.asarray(v) for k, v in text_flat_params(ours).items()}, ours.config)
+    back = ours_to_hf({k: np.asarray(v) for k, v in flat_params(ours).items()}, ours.config)
     assert set(back) == set(state) - {"embeddings.position_ids"}
     for k, v in back.items():
         np.testing.assert_array_equal(v, state[k], err_msg=k)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from streamformer_jax.text import SiglipTokenizer, TokenizerError, load_tokenizer
-from streamformer_jax.train.templates import CAPTION_PREFIXES, VIDEO_TEMPLATES
+from streamformer_jax.tasks.templates import CAPTION_PREFIXES, VIDEO_TEMPLATES
 
 spm = pytest.importorskip("sentencepiece")
 transformers = pytest.importorskip("transformers")

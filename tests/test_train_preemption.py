@@ -108,7 +108,7 @@ CLI_WITH_SIGTERM = textwrap.dedent(
         return real_train(config, workdir, batch_hook=hook, **kw)
 
     loop.train = train
-    cli.app.run(cli.main)
+    raise SystemExit(cli.main())
     """)
 
 TOTAL = 16

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from streamformer_jax.train import loop
-from streamformer_jax.train.checkpointing import Checkpointer
+from streamformer_jax.train.state_checkpoints import Checkpointer
 from test_train_support import builtin_dir, jax_cache, read_metrics, tiny_config  # noqa: F401
 
 def _config(builtin_dir, jax_cache, **kw):
@@ -73,9 +73,9 @@ def test_metrics_jsonl_and_tensorboard(runs):
     assert last["clips_per_sec"] == pytest.approx(last["steps_per_sec"] * 16)
     # TFLOP/s per device and MFU from the analytic count: 16 clips per step over 8 devices, the config's peak.
     from streamformer_jax.train import flops as flops_lib
-    from streamformer_jax.train.model import backbone_config
+    from streamformer_jax.train.task_model import ModelSettings
 
-    clip_flops = flops_lib.train_flops_per_clip(backbone_config(cfg), num_frames=4, image_size=32)
+    clip_flops = flops_lib.train_flops_per_clip(ModelSettings.from_config(cfg).backbone, num_frames=4, image_size=32)
     assert last["tflops_per_device"] == pytest.approx(16 * clip_flops * last["steps_per_sec"] / 8 / 1e12, rel=1e-6)
     assert last["mfu"] == pytest.approx(last["tflops_per_device"] / cfg.peak_tflops_per_device, rel=1e-6)
     events = list((runs["root"] / "full" / "tensorboard").glob("events.out.tfevents.*"))

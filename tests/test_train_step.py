@@ -11,8 +11,10 @@ from streamformer_jax.models import config as model_configs
 from streamformer_jax.models.streamformer import init_model
 from streamformer_jax.train import flops as flops_lib
 from streamformer_jax.train import loop
-from streamformer_jax.train.model import apply_remat, build_task_model, remat_policy
-from streamformer_jax.train.step import device_batch
+from streamformer_jax.models.streamformer import remat_policy
+from streamformer_jax.train.model_kinds import build_task_model
+from streamformer_jax.train.step import Trainer, device_batch
+from streamformer_jax.train.task_model import ModelSettings, apply_remat
 from test_train_support import builtin_dir, jax_cache, tiny_config  # noqa: F401
 
 
@@ -25,7 +27,7 @@ def parts(builtin_dir, jax_cache, tmp_path_factory):  # noqa: F811
     loop.enable_compilation_cache(jax_cache)
     data = loop.data_config(cfg, tmp_path_factory.mktemp("w"))
     meta = loop.read_metadata(loop.task_directories(data))
-    tm = build_task_model(cfg, {t: m["class_names"] for t, m in meta.items()})
+    tm = build_task_model(ModelSettings.from_config(cfg), {t: m["class_names"] for t, m in meta.items()})
     it = loader.make_train_iterator(data)
     batch = next(it)
     it.close()
@@ -39,11 +41,12 @@ def _grads_on(cfg, tm, host_batch, rules, shape):
     mesh = sharding_lib.make_mesh(*shape)
     cfg = cfg.copy_and_resolve_references()
     cfg.mesh.rules = rules
-    trainer = loop.make_trainer(cfg, tm, mesh, cfg.optim, 10)
+    trainer = Trainer(tm, cfg.optim, 10, mesh, rules=cfg.mesh.rules)
     state = trainer.init_state(0)
     acc = trainer.init_accumulator()
     batch = loader.to_global_batch({k: v for k, v in host_batch.items() if k != "task"}, mesh, ("data", "fsdp"))
-    acc, metrics = trainer.micro_step(state, acc, device_batch(batch), loop.replicate(tm.text, mesh), "kinetics")
+    text = sharding_lib.replicate(tm.text, mesh)
+    acc, metrics = trainer.micro_step(state, acc, device_batch(batch), text, "kinetics")
     return state, float(metrics["loss"]), jax.device_get(acc["grads"])
 
 
@@ -76,7 +79,7 @@ def test_sharding_presets_give_the_same_loss_and_gradients(parts):
 def test_frozen_parameters_have_no_optimizer_state(parts):
     cfg, tm, _ = parts
     mesh = sharding_lib.make_mesh(8, 1, 1)
-    trainer = loop.make_trainer(cfg, tm, mesh, cfg.optim, 10)
+    trainer = Trainer(tm, cfg.optim, 10, mesh, rules=cfg.mesh.rules)
     frozen = set(trainer.frozen_names)
     assert "backbone.layers.0.attention.qkv.base.kernel" in frozen
     assert "backbone.layers.0.attention.out.base.bias" in frozen
@@ -93,7 +96,7 @@ def test_frozen_parameters_have_no_optimizer_state(parts):
 def test_nan_guard_drops_the_update(parts):
     cfg, tm, _ = parts
     mesh = sharding_lib.make_mesh(8, 1, 1)
-    trainer = loop.make_trainer(cfg, tm, mesh, cfg.optim, 4)  # the program test_train_resume compiled
+    trainer = Trainer(tm, cfg.optim, 4, mesh, rules=cfg.mesh.rules)  # the program test_train_resume compiled
     state = trainer.init_state(0)
     before = jax.device_get(state)
     acc = trainer.init_accumulator()
@@ -112,8 +115,8 @@ def test_gradient_accumulation_averages_micro_batches_and_donates_the_state(part
 
     cfg, tm, host = parts
     mesh = sharding_lib.make_mesh(8, 1, 1)
-    trainer = loop.make_trainer(cfg, tm, mesh, cfg.optim, 4)  # the programs the other tests compiled
-    text = loop.replicate(tm.text, mesh)
+    trainer = Trainer(tm, cfg.optim, 4, mesh, rules=cfg.mesh.rules)  # the programs the other tests compiled
+    text = sharding_lib.replicate(tm.text, mesh)
 
     def global_batch(video):
         fields = {k: v for k, v in host.items() if k != "task"}
@@ -231,15 +234,15 @@ def test_remat_policy_names():
 
 def test_init_from_an_official_backbone_checkpoint(fixtures_dir, builtin_dir):  # noqa: F811
     from streamformer_jax.checkpoint import load_any
-    from streamformer_jax.train.model import flat_values
+    from streamformer_jax.param_tree import flat_params
 
     ckpt = fixtures_dir / "tiny"
     cfg = tiny_config(builtin_dir, "", tasks=("kinetics",))
     cfg.model.init = str(ckpt)
     cfg.model.overrides.num_layers, cfg.model.overrides.lora_rank = 2, 32
-    tm = build_task_model(cfg, {"kinetics": ["red", "green", "blue", "yellow"]})
+    tm = build_task_model(ModelSettings.from_config(cfg), {"kinetics": ["red", "green", "blue", "yellow"]})
     _, ref = load_any(ckpt)
-    got = flat_values(tm.model)
+    got = flat_params(tm.model, None)
     for name, value in ref.items():
         np.testing.assert_array_equal(np.asarray(got[f"backbone.{name}"]), value, err_msg=name)
     assert tm.text["kinetics"].shape == (4, 64)

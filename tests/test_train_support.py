@@ -4,7 +4,6 @@ Runs use the real `multitask` model on the tiny config (here 1 layer, 64 wide, 4
 micro-batch) restricted to one or two tasks, and share one built-in dataset and one JAX persistent compilation
 cache per test session, so repeated runs of the same program do not recompile.
 """
-import importlib.util
 import json
 import os
 import pathlib
@@ -15,15 +14,9 @@ import ml_collections
 import pytest
 
 from multihost import free_port, wait_all
+from streamformer_jax.train.config_files import load_config  # noqa: F401 - the tests' config loader
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location(f"_test_cfg_{name}", REPO / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
 
 
 @pytest.fixture(scope="session")

@@ -301,6 +301,15 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 @torch.no_grad()
+def saved_random_model(make, path, seed: int) -> nn.Module:
+    """A Hugging Face model built by `make()` (torch seed 0), every parameter perturbed (`perturb_(seed)`), in eval
+    mode and saved with `save_pretrained(path)`."""
+    torch.manual_seed(0)
+    model = perturb_(make(), seed).eval()
+    model.save_pretrained(path)
+    return model
+
+
 def perturb_(model: nn.Module, seed: int, scale: float = 0.1) -> nn.Module:
     """Add N(0, scale²) to every parameter of any torch model (e.g. a transformers SigLIP, whose init leaves
     biases 0 and LayerNorms 1/0), so that every tensor is distinct and non-trivial."""

@@ -48,7 +48,9 @@ def _split(line_fields: list[str]) -> list[str]:
     return line_fields
 
 
-def parse_list(path, video_root, classes: ClassNames | None, task: str) -> list[Item]:
+def parse_list(path, video_root, classes: ClassNames | None = None, *, task: str = "classification",
+               **options) -> list[Item]:
+    """Items of a classification list (``options`` are other tasks' parser options, unused here)."""
     if str(path).endswith(".json"):
         return _parse_ssv2_json(path, video_root, classes, task)
     items = []

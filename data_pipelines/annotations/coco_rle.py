@@ -6,8 +6,9 @@ little-endian 5-bit groups in characters ``chr(48 + group | 0x20 if more follow)
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image, ImageDraw
 
-from ..schema import rle_decode
+from data_pipelines.records.schema import rle_decode
 
 
 def string_to_counts(s: str | bytes) -> list[int]:
@@ -48,8 +49,6 @@ def counts_to_string(counts) -> str:
 
 def polygons_to_mask(polygons, height: int, width: int) -> np.ndarray:
     """COCO polygons ``[[x1, y1, x2, y2, ...], ...]`` -> uint8 [H, W] (union), rasterised with Pillow."""
-    from PIL import Image, ImageDraw
-
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)
     for poly in polygons:

@@ -17,10 +17,6 @@ from .common import (AnnotationError, Item, parse_float, parse_literal, parse_wi
                      read_jsonl, resolve)
 
 
-def video_file(video_id: str, dataset: str) -> str:
-    return video_id + ("-cam-002.avi" if dataset == "TaCoS" else ".mp4")
-
-
 class _Grouper:
     """Collects queries per (dataset, video) in first-seen order."""
 
@@ -41,7 +37,7 @@ class _Grouper:
         if duration is not None:
             v["duration"] = duration
 
-    def items(self, path, video_root) -> list[Item]:
+    def items(self, path, video_root, video_file) -> list[Item]:
         if not self.order:
             raise AnnotationError(path, None, "no grounding entries")
         out = []
@@ -54,12 +50,13 @@ class _Grouper:
         return out
 
 
-def parse(path, video_root, classes=None, task: str = "grounding") -> list[Item]:
+def parse(path, video_root, classes=None, *, video_file, **options) -> list[Item]:
+    """Items of a grounding file; ``video_file(video_id, dataset)`` names the videos (the task's rules)."""
     p = str(path)
     if p.endswith(".jsonl"):
-        return _parse_qvh(path, video_root)
+        return _parse_qvh(path, video_root, video_file)
     if p.endswith(".txt"):
-        return _parse_charades(path, video_root)
+        return _parse_charades(path, video_root, video_file)
     groups = _Grouper()
     rows = read_dict_rows(path, ("video_id", "start_second", "end_second", "text", "relevant_windows", "dataset"))
     for lineno, row in rows:
@@ -72,10 +69,10 @@ def parse(path, video_root, classes=None, task: str = "grounding") -> list[Item]
         duration = row.get("duration", "").strip()
         duration = parse_float(duration, path, lineno, "duration") if duration else None
         groups.add(row["video_id"].strip(), row["dataset"].strip(), row["text"], (start, end), relevant, duration)
-    return groups.items(path, video_root)
+    return groups.items(path, video_root, video_file)
 
 
-def _parse_charades(path, video_root) -> list[Item]:
+def _parse_charades(path, video_root, video_file) -> list[Item]:
     groups = _Grouper()
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -89,10 +86,10 @@ def _parse_charades(path, video_root) -> list[Item]:
             end = parse_float(parts[2], path, lineno, "end")
             window = parse_windows([start, end], path, lineno)[0]
             groups.add(parts[0], "CharadesSTA", caption.strip(), window, [window], None)
-    return groups.items(path, video_root)
+    return groups.items(path, video_root, video_file)
 
 
-def _parse_qvh(path, video_root) -> list[Item]:
+def _parse_qvh(path, video_root, video_file) -> list[Item]:
     groups = _Grouper()
     for lineno, entry in read_jsonl(path):
         try:
@@ -106,4 +103,4 @@ def _parse_qvh(path, video_root) -> list[Item]:
         duration = entry.get("duration")
         groups.add(str(vid), "QVHighlights", str(query), span, windows,
                    float(duration) if duration is not None else None)
-    return groups.items(path, video_root)
+    return groups.items(path, video_root, video_file)

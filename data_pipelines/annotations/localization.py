@@ -20,14 +20,12 @@ from .common import (AnnotationError, ClassNames, Item, parse_float, parse_liter
                      read_dict_rows, read_json, resolve)
 
 
-def video_file(video_id: str, dataset: str) -> str:
-    return ("v_" + video_id if dataset == "HACS" else video_id) + ".mp4"
-
-
-def parse(path, video_root, classes: ClassNames | None = None, task: str = "localization",
-          subset: str | None = None, dataset: str = "") -> list[Item]:
+def parse(path, video_root, classes: ClassNames | None = None, *, video_file, subset: str | None = None,
+          dataset: str | None = "", **options) -> list[Item]:
     """Returns the items; with ``classes=None`` the labels index :func:`class_names_of`. ``dataset`` names
-    the source of a JSON file (it has no dataset column; "HACS" selects the ``v_`` file prefix)."""
+    the source of a JSON file (it has no dataset column; "HACS" selects the ``v_`` file prefix);
+    ``video_file(video_id, dataset)`` names the videos (the task's rules)."""
+    dataset = dataset or ""
     if str(path).endswith(".json"):
         rows = _json_rows(path, subset, dataset)
     else:
@@ -54,7 +52,7 @@ def parse(path, video_root, classes: ClassNames | None = None, task: str = "loca
                  dataset=ds, duration=videos[(ds, vid)]["duration"]) for ds, vid in order]
 
 
-def class_names_of(path, subset: str | None = None) -> tuple[str, ...]:
+def class_names_of(path, subset: str | None = None, **options) -> tuple[str, ...]:
     """The class table used when no ``--class-names`` is given (sorted names found in the file)."""
     rows = _json_rows(path, subset, "") if str(path).endswith(".json") else _csv_rows(path)
     return tuple(sorted({name for *_, name, _ in rows}))

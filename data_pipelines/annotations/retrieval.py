@@ -14,16 +14,7 @@ import os
 
 from .common import AnnotationError, Item, parse_literal, read_dict_rows, read_json, resolve
 
-_AVI_DATASETS = ("LSMDC", "MSVD")
-
-
-def video_file(video_id: str, dataset: str) -> str:
-    if os.path.splitext(video_id)[1]:
-        return video_id
-    return video_id + (".avi" if dataset in _AVI_DATASETS else ".mp4")
-
-
-def _group(path, video_root, entries) -> list[Item]:
+def _group(path, video_root, entries, video_file) -> list[Item]:
     """entries: (video_id, dataset, [captions]) in file order -> one Item per (dataset, video_id)."""
     order, captions = [], {}
     for vid, dataset, caps in entries:
@@ -49,9 +40,10 @@ def _captions(value, path, lineno) -> list[str]:
     return list(caps)
 
 
-def parse(path, video_root, classes=None, task: str = "retrieval") -> list[Item]:
+def parse(path, video_root, classes=None, *, video_file, **options) -> list[Item]:
+    """Items of a retrieval file; ``video_file(video_id, dataset)`` names the videos (the task's rules)."""
     if str(path).endswith(".json"):
-        return _group(path, video_root, _json_entries(path))
+        return _group(path, video_root, _json_entries(path), video_file)
     entries = []
     for lineno, row in read_dict_rows(path, ("video_id", "dataset", "text")):
         text = row["text"].strip()
@@ -59,7 +51,7 @@ def parse(path, video_root, classes=None, task: str = "retrieval") -> list[Item]
         if not row["video_id"].strip():
             raise AnnotationError(path, lineno, "empty video_id")
         entries.append((row["video_id"].strip(), row["dataset"].strip(), _captions(value, path, lineno)))
-    return _group(path, video_root, entries)
+    return _group(path, video_root, entries, video_file)
 
 
 def _json_entries(path):

@@ -27,12 +27,12 @@ def dataset_of(path) -> str:
     return m.group(1) if m else ""
 
 
-def category_names(path) -> tuple[str, ...]:
+def category_names(path, **options) -> tuple[str, ...]:
     data = read_json(path)
     return tuple(c["name"] for c in sorted(data.get("categories", []), key=lambda c: c["id"]))
 
 
-def parse(path, video_root, classes: ClassNames | None = None, task: str = "vis") -> list[Item]:
+def parse(path, video_root, classes: ClassNames | None = None, **options) -> list[Item]:
     data = read_json(path)
     if isinstance(data, dict) and "images" in data and "videos" not in data and "annotations" in data:
         return _parse_coco(path, data, video_root, classes)
@@ -42,10 +42,7 @@ def parse(path, video_root, classes: ClassNames | None = None, task: str = "vis"
     per_video = _instances(path, data, classes, dataset, "video_id", "segmentations")
     items = []
     for v in data["videos"]:
-        try:
-            vid, files = v["id"], v["file_names"]
-        except (KeyError, TypeError):
-            raise AnnotationError(path, None, "a video lacks id/file_names") from None
+        vid, files = _required(path, v, "a video", "id", "file_names")
         instances = per_video.get(vid)
         if not instances or not files:
             continue
@@ -54,13 +51,25 @@ def parse(path, video_root, classes: ClassNames | None = None, task: str = "vis"
                 raise AnnotationError(path, None, f"video {vid}: {len(segs)} segmentations for "
                                                   f"{len(files)} frames")
         frame_files = tuple(os.path.join(video_root, f) for f in files)
-        video_id = os.path.dirname(files[0]) or str(vid)
-        items.append(Item(video_id=video_id, source=frame_files[0], dataset=dataset,
-                          fields={"categories": [seq for seq, _ in instances]},
-                          frame_files=frame_files, masks=tuple(segs for _, segs in instances)))
+        items.append(_item(os.path.dirname(files[0]) or str(vid), dataset, frame_files, instances))
     if not items:
         raise AnnotationError(path, None, "no annotated video")
     return items
+
+
+def _required(path, entry, what: str, *keys: str) -> tuple:
+    """The values of `keys` in one JSON entry, or an AnnotationError naming what lacks them."""
+    try:
+        return tuple(entry[k] for k in keys)
+    except (KeyError, TypeError):
+        raise AnnotationError(path, None, f"{what} lacks {'/'.join(keys)}") from None
+
+
+def _item(video_id: str, dataset: str, frame_files: tuple[str, ...], instances) -> Item:
+    """One image sequence (or one image) with its instances' categories and per-frame segmentations."""
+    return Item(video_id=video_id, source=frame_files[0], dataset=dataset,
+                fields={"categories": [seq for seq, _ in instances]}, frame_files=frame_files,
+                masks=tuple(segs for _, segs in instances))
 
 
 def _instances(path, data, classes, dataset, owner_key, seg_key) -> dict:
@@ -69,10 +78,7 @@ def _instances(path, data, classes, dataset, owner_key, seg_key) -> dict:
     by_id = {c["id"]: (i, c["name"]) for i, c in enumerate(cats)}
     out: dict = {}
     for i, ann in enumerate(data["annotations"]):
-        try:
-            owner, cat, segs = ann[owner_key], ann["category_id"], ann[seg_key]
-        except (KeyError, TypeError):
-            raise AnnotationError(path, None, f"annotation {i} lacks {owner_key}/category_id/{seg_key}") from None
+        owner, cat, segs = _required(path, ann, f"annotation {i}", owner_key, "category_id", seg_key)
         if cat not in by_id:
             raise AnnotationError(path, None, f"annotation {i}: unknown category_id {cat}")
         seq, name = by_id[cat]
@@ -91,17 +97,10 @@ def _parse_coco(path, data, video_root, classes) -> list[Item]:
     per_image = _instances(path, data, classes, dataset, "image_id", "segmentation")
     items = []
     for img in data["images"]:
-        try:
-            image_id, name = img["id"], img["file_name"]
-        except (KeyError, TypeError):
-            raise AnnotationError(path, None, "an image lacks id/file_name") from None
+        image_id, name = _required(path, img, "an image", "id", "file_name")
         instances = per_image.get(image_id)
-        if not instances:
-            continue
-        source = os.path.join(video_root, name)
-        items.append(Item(video_id=os.path.splitext(name)[0], source=source, dataset=dataset,
-                          fields={"categories": [seq for seq, _ in instances]}, frame_files=(source,),
-                          masks=tuple(segs for _, segs in instances)))
+        if instances:
+            items.append(_item(os.path.splitext(name)[0], dataset, (os.path.join(video_root, name),), instances))
     if not items:
         raise AnnotationError(path, None, "no annotated image")
     return items

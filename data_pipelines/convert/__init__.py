@@ -2,8 +2,7 @@
 
 ``python -m data_pipelines.convert TASK --annotations FILE --video-root DIR --out DIR``
 """
-from .build import Options
-from .pipeline import Summary, convert
-from .readers import ArrayRecordSource, TFRecordSource, load_metadata, open_shards
+from data_pipelines.convert.build import Options
+from data_pipelines.convert.pipeline import Summary, convert
 
-__all__ = ["Options", "Summary", "convert", "ArrayRecordSource", "TFRecordSource", "load_metadata", "open_shards"]
+__all__ = ["Options", "Summary", "convert"]

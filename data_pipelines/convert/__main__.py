@@ -8,23 +8,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import schema
-from ..annotations import AnnotationError
-from .build import Options
-from .pipeline import convert
-from .shards import FORMATS
+from data_pipelines.annotations import AnnotationError
+from data_pipelines.convert.build import Options
+from data_pipelines.convert.pipeline import convert
+from data_pipelines.records.shards import FORMATS
+from streamformer_jax import cli
+from streamformer_jax.tasks import registry
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data_pipelines.convert",
+    p = cli.ArgumentParser(prog="python -m data_pipelines.convert",
                                 description="Convert annotations + videos to record shards (docs/data_convert.md).")
-    p.add_argument("task", choices=schema.TASKS)
+    p.add_argument("task", choices=registry.names())
     p.add_argument("--annotations", required=True, help="annotation file (CSV / list / JSON, see docs)")
     p.add_argument("--video-root", required=True, help="directory the annotation's video paths are relative to")
-    p.add_argument("--out", required=True, help="output directory (shards, metadata.json, report.txt)")
+    cli.add_out(p, help="output directory (shards, metadata.json, report.txt)", metavar="DIR")
     p.add_argument("--class-names", help="class names: text (line i = class i) or label2id JSON")
-    p.add_argument("--format", default="arrayrecord", choices=FORMATS)
-    p.add_argument("--workers", type=int, default=1, help="decoding processes")
+    cli.add_format(p, FORMATS, "arrayrecord", help="shard format")
+    cli.add_workers(p, 1, help="decoding processes")
     p.add_argument("--strict", action="store_true", help="exit 1 if any video was skipped")
     p.add_argument("--fps", type=float, help="rate of stored frames (default: every source frame)")
     p.add_argument("--max-frames", type=int, help="at most this many frames per video (rate lowered to fit)")
@@ -52,17 +53,14 @@ def main(argv=None) -> int:
                           num_shards=args.num_shards, progress=not args.no_progress, subset=args.subset,
                           dataset=args.dataset, runner=args.runner)
     except AnnotationError as err:
-        print(f"error: malformed annotation: {err}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError) as err:  # missing annotation/class file, bad option values
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return cli.fail(f"malformed annotation: {err}")
+    except (OSError, ValueError) as err:  # missing annotation/class file, bad option values
+        return cli.fail(cli.message(err))
     except ImportError as err:  # --runner without apache-beam installed
-        print(f"error: {err} (install the beam extra for --runner)", file=sys.stderr)
-        return 2
+        return cli.fail(f"{err} (install the beam extra for --runner)")
     except KeyboardInterrupt:
         print("interrupted: complete shards are kept; run the same command again to resume", file=sys.stderr)
-        return 130
+        return cli.INTERRUPTED
     print(summary.line())
     for s in summary.skipped[:20]:
         print(f"  skipped {s['path']}: {s['reason']}")

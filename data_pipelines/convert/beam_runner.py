@@ -11,11 +11,11 @@ import functools
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from data_pipelines.convert.pipeline import write_shard_job
+
 
 def run_jobs(jobs: list, *, out_dir: str, fmt: str, task: str, opts, video_root: str, runner: str,
              workers: int = 1) -> None:
-    from .pipeline import write_shard_job
-
     if not jobs:
         return
     flags = [f"--runner={runner}"]

@@ -6,9 +6,11 @@ import os
 
 import numpy as np
 
-from .. import schema, video
-from ..annotations import Item
-from ..annotations.coco_rle import decode_segmentation
+from data_pipelines.annotations import Item
+from data_pipelines.annotations.coco_rle import decode_segmentation
+from data_pipelines.records import frames as jpeg
+from data_pipelines.records import schema
+from streamformer_jax import video
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +50,7 @@ def _video_example(item: Item, opts: Options) -> dict:
     times, frames = [], []
     for t, rgb in video.iter_frames(item.source, opts.fps, opts.max_frames, opts.short_side):
         times.append(t)
-        frames.append(schema.encode_jpeg(rgb, opts.jpeg_quality))
+        frames.append(jpeg.encode_jpeg(rgb, opts.jpeg_quality))
         height, width = rgb.shape[:2]
     duration = item.duration if item.duration is not None else info.duration
     return {"frames": frames, "frame_times": np.asarray(times), "fps": rate, "source_fps": info.source_fps,
@@ -61,7 +63,8 @@ def _resize_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask[rows][:, cols]
 
 
-def _vis_example(item: Item, opts: Options) -> dict:
+def _image_sequence_example(item: Item, opts: Options) -> dict:
+    """Frames from image files (VIS sequences, COCO images), with the instance masks of ``item.masks``."""
     n = len(item.frame_files)
     keep = np.arange(n)
     if opts.max_frames and n > opts.max_frames:  # even subsample keeps the whole sequence covered
@@ -71,7 +74,7 @@ def _vis_example(item: Item, opts: Options) -> dict:
     src = video.probe(item.frame_files[int(keep[0])])
     for i in keep:
         rgb = video.read_image(item.frame_files[i], opts.short_side)
-        frames.append(schema.encode_jpeg(rgb, opts.jpeg_quality))
+        frames.append(jpeg.encode_jpeg(rgb, opts.jpeg_quality))
         height, width = rgb.shape[:2]
     for segs in item.masks:
         per_frame = []
@@ -90,12 +93,9 @@ def _vis_example(item: Item, opts: Options) -> dict:
 
 
 def build_example(item: Item, task: str, opts: Options) -> dict:
-    """The schema dict of one item (raises VideoDecodeError / ValueError for unusable inputs)."""
-    base = _vis_example(item, opts) if task == "vis" else _video_example(item, opts)
-    fields = dict(item.fields)
-    if task == "vis":
-        fields["categories"] = np.asarray(fields["categories"], np.int32)
-    return {"task": task, "video_id": item.video_id, "dataset": item.dataset, **base, **fields}
+    """The schema dict of one item (raises VideoReadError / ValueError for unusable inputs)."""
+    base = _image_sequence_example(item, opts) if item.frame_files else _video_example(item, opts)
+    return {"task": task, "video_id": item.video_id, "dataset": item.dataset, **base, **item.fields}
 
 
 def run_item(item: Item, task: str, opts: Options) -> Result:
@@ -103,7 +103,7 @@ def run_item(item: Item, task: str, opts: Options) -> Result:
     try:
         example = build_example(item, task, opts)
         return Result(schema.encode_record(example), num_frames=len(example["frames"]))
-    except video.VideoDecodeError as err:
+    except video.VideoReadError as err:
         # Image sequences: say which frame file failed (the skip entry names the sequence's first file).
         reason = err.reason if err.path == item.source else f"{os.path.basename(err.path)}: {err.reason}"
         return Result(None, reason)

@@ -17,10 +17,12 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
-from .. import schema
-from ..annotations import Item, class_names_for, load_class_names, parse_annotations
-from . import shards, tfds_info
-from .build import Options, Result, run_item
+from streamformer_jax.tasks import registry
+
+from data_pipelines.annotations import Item, class_names_for, load_class_names, parse_annotations
+from data_pipelines.convert import tfds_info
+from data_pipelines.convert.build import Options, Result, run_item
+from data_pipelines.records import schema, shards
 
 
 WINDOW_PER_WORKER = 16  # records in flight per worker process
@@ -51,20 +53,6 @@ def _fingerprint(task: str, fmt: str, opts: Options, items: list[Item]) -> str:
 def _rel(path: str, root: str) -> str:
     rel = os.path.relpath(path, root)
     return path if rel.startswith("..") else rel
-
-
-def _example_counts(task: str, item: Item) -> dict[str, int]:
-    """Per-example contributions to the metadata counts."""
-    f = item.fields
-    if task in ("kinetics", "ssv2"):
-        return {f"label/{f['label']}": 1}
-    if task in ("retrieval", "grounding"):
-        return {"captions": len(f["captions"])}
-    if task == "localization":
-        return {"segments": len(f["segments"]), **collections.Counter(f"label/{x}" for x in f["segment_labels"])}
-    if task == "vis":
-        return {"instances": len(f["categories"]), **collections.Counter(f"label/{x}" for x in f["categories"])}
-    return {}
 
 
 def _results(items: list[Item], task: str, opts: Options, workers: int) -> Iterator[Result]:
@@ -99,8 +87,7 @@ def convert(task: str, annotations: str, video_root: str, out_dir: str, *, class
     ``runner`` (e.g. "DirectRunner") runs the pending shards as an Apache Beam pipeline instead of the local
     process pool (needs the ``beam`` extra); the output is the same bytes.
     """
-    if task not in schema.TASKS:
-        raise ValueError(f"task must be one of {schema.TASKS}, got {task!r}")
+    registry.get(task)  # an unknown task is an error before any output
     if fmt not in shards.FORMATS:
         raise ValueError(f"format must be one of {shards.FORMATS}, got {fmt!r}")
     classes = load_class_names(class_names) if class_names else None
@@ -152,7 +139,7 @@ def write_shard_job(job: tuple, out_dir: str, fmt: str, task: str, opts: Options
 
 
 def _run_beam(plan, out_dir, fmt, task, opts, video_root, runner, workers) -> list[dict]:
-    from .beam_runner import run_jobs  # optional dependency
+    from data_pipelines.convert.beam_runner import run_jobs  # optional dependency (apache_beam)
 
     jobs = [(name, its, fp) for _, name, its, fp, marker in plan if marker is None]
     run_jobs(jobs, out_dir=out_dir, fmt=fmt, task=task, opts=opts, video_root=video_root, runner=runner,
@@ -178,7 +165,7 @@ def _write_shard(out_dir, name, fmt, task, shard_items, results: Iterator[Result
             else:
                 writer.write(res.data)
                 frames += res.num_frames
-                counts.update(_example_counts(task, item))
+                counts.update(registry.get(task).counts(item.fields))
             tally["skipped" if res.data is None else "written"] += 1
             bar.set_postfix(tally, refresh=False)
             bar.update(1)
@@ -208,13 +195,12 @@ def _finish(out_dir, task, fmt, annotations, names, opts, items, markers: Iterab
         "counts": dict(sorted(counts.items())),
         "class_names": list(names),
         "options": dataclasses.asdict(opts),
-        "shards": [{"file": m["file"], "num_examples": m["num_examples"],
-                    **({"index": m["file"] + ".idx"} if fmt == "tfrecord" else {})} for m in markers],
+        "shards": [shards.shard_entry(m["file"], m["num_examples"], fmt) for m in markers],
     }
     shards.write_json(os.path.join(out_dir, "metadata.json"), meta)
     # tfds metadata last, from the same markers: a resumed run rewrites it like metadata.json.
     tfds_info.write(out_dir, task, fmt, [m["file"] for m in markers], [m["num_examples"] for m in markers],
-                    class_names=names if task in ("kinetics", "ssv2") else (),
+                    class_names=names,
                     description=f"StreamFormer {task} records converted from {os.path.basename(annotations)} "
                                 f"by data_pipelines.convert (schema_version {schema.SCHEMA_VERSION}).")
     summary = Summary(len(items), num_examples, skipped, out_dir, resumed)

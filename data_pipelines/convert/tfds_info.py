@@ -42,8 +42,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import schema
-from . import shards
+from data_pipelines.records import schema, shards
+from streamformer_jax.tasks import registry
 
 FEATURES_FILE = "features.json"
 DATASET_INFO_FILE = "dataset_info.json"
@@ -53,7 +53,6 @@ FILEPATH_TEMPLATE = "{DATASET}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 FILE_FORMATS = {"arrayrecord": "array_record", "tfrecord": "tfrecord"}
 
 _PKG = "tensorflow_datasets.core.features."
-_EXTRA_FIELDS = {"grounding": ("relevant_windows", "relevant_window_caption")}
 # Always written by the converter (build.py), so every record of a converted directory has them.
 _ALWAYS = ("schema_version", "dataset", "duration")
 
@@ -93,7 +92,7 @@ def _class_label_ok(names: Sequence[str]) -> bool:
 
 def task_fields(task: str) -> tuple[str, ...]:
     """The schema fields every converted record of ``task`` carries (the tfds features of that task)."""
-    return schema.COMMON_FIELDS + _ALWAYS + schema.TASK_FIELDS[task] + _EXTRA_FIELDS.get(task, ())
+    return schema.COMMON_FIELDS + _ALWAYS + registry.get(task).fields
 
 
 def features_json(task: str, class_names: Sequence[str] = ()) -> dict:

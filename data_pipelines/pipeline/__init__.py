@@ -2,7 +2,7 @@
 
 Modules, one job each: `sampling` (frame indices), `targets` (labels), `augment` (crop boxes, flips),
 `randaugment` (timm-style RandAugment for clips), `codec`
-(JPEG decode + resize), `tasks` (per-task record -> example transforms), `mixture` (one task per batch),
+(JPEG decode + resize), `transforms` (record -> example transforms, one per kind of task), `mixture` (one task per batch),
 `sources` (record shards as grain data sources), `loader` (the chain, iterator state, global arrays),
 `builtin` (a tiny dataset for the quickstart and tests).
 

@@ -1,23 +1,19 @@
 """Clip augmentation (spec §6.3-§6.7) as crop boxes + whole-clip ops, in numpy.
 
-A crop is described by a source-pixel box (top, left, height, width) that is then resized to the output size.
-Expressing "resize short side, then crop" as a box lets the decoder resize only the pixels it keeps, and one
-box (and one flip decision) is shared by every frame of a clip, as in the original.
-Normalisation to [-1, 1] happens on device (`loader.normalize_frames`), so everything here stays uint8.
+A crop is described by a source-pixel box (`records.frames.Box`: top, left, height, width) that is then resized
+to the output size. Expressing "resize short side, then crop" as a box lets the decoder resize only the pixels it
+keeps, and one box (and one flip decision) is shared by every frame of a clip, as in the original.
+Normalisation to [-1, 1] happens on device (`streamformer_jax.models.streamformer.normalize_pixels`), so
+everything here stays uint8.
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
 
-
-class Box(NamedTuple):
-    top: int
-    left: int
-    height: int
-    width: int
+from data_pipelines.records.frames import Box
 
 
 def random_resized_crop_box(
@@ -161,8 +157,6 @@ def rotate_frame(rgb: np.ndarray, masks: np.ndarray, angle: float, cx: float, cy
     source lies inside the image within 1 level (Pillow truncates, cv2 rounds); along the rotated image border
     a one-pixel seam differs (cv2 blends the edge pixel with the border value 0, Pillow does not).
     """
-    from PIL import Image
-
     h, w = rgb.shape[:2]
     coeffs = _pillow_affine(rotation_matrix(angle, cx, cy))
     img = Image.fromarray(np.ascontiguousarray(rgb, np.uint8), "RGB")

@@ -8,6 +8,7 @@ label, which a horizontal flip would invert) and is visible only inside the anno
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from fractions import Fraction
@@ -16,8 +17,10 @@ from typing import Sequence
 import av
 import numpy as np
 
-from data_pipelines import schema, video
-from data_pipelines.pipeline import sources
+from data_pipelines.records import frames as jpeg
+from data_pipelines.records import schema, sources
+from streamformer_jax import video
+from streamformer_jax.tasks import registry
 
 VERSION = 1  # Bump when the content changes, so cached copies are rebuilt.
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 70, 230), "yellow": (230, 210, 40)}
@@ -60,39 +63,46 @@ def write_clip(path, n: int, size: tuple[int, int], fps: int, colour, reverse: b
     return path
 
 
-def _vis_masks(n: int, size: tuple[int, int], reverse: bool, window: tuple[int, int]) -> np.ndarray:
-    width, height = size
-    masks = np.zeros((1, n, height, width), np.uint8)
-    for i in range(*window):
-        top, left, side = _square(i, n, width, height, reverse)
-        masks[0, i, top : top + side, left : left + side] = 1
-    return masks
+@dataclasses.dataclass(frozen=True)
+class BuiltinClip:
+    """One synthetic clip: what a task's `builtin_fields` may read to annotate it."""
+
+    num_frames: int
+    size: tuple[int, int]  # (width, height)
+    fps: int
+    cls: int  # index into CLASS_NAMES (the square's colour)
+    reverse: bool  # the square moves right to left
+    window: tuple[int, int]  # the square shows in frames [window[0], window[1])
+
+    @property
+    def class_name(self) -> str:
+        return CLASS_NAMES[self.cls]
+
+    @property
+    def direction(self) -> str:
+        return DIRECTIONS[int(self.reverse)]
+
+    @property
+    def seconds(self) -> tuple[float, float]:
+        """The window in seconds: (first frame with the square, last frame with the square)."""
+        return self.window[0] / self.fps, (self.window[1] - 1) / self.fps
+
+    def masks(self) -> np.ndarray:
+        """uint8 [1, T, H, W]: the square's mask in every frame (one instance)."""
+        width, height = self.size
+        masks = np.zeros((1, self.num_frames, height, width), np.uint8)
+        for i in range(*self.window):
+            top, left, side = _square(i, self.num_frames, width, height, self.reverse)
+            masks[0, i, top : top + side, left : left + side] = 1
+        return masks
 
 
-def _example(task: str, vid: str, times: np.ndarray, frames: np.ndarray, fps: int, cls: int, reverse: bool,
-             window: tuple[int, int]) -> dict:
-    n = len(frames)
+def _example(spec, vid: str, times: np.ndarray, frames: np.ndarray, clip: BuiltinClip) -> dict:
     h, w = frames.shape[1:3]
-    t0, t1 = window[0] / fps, (window[1] - 1) / fps
-    name, direction = CLASS_NAMES[cls], DIRECTIONS[int(reverse)]
-    ex = dict(task=task, video_id=vid, frames=[schema.encode_jpeg(f) for f in frames], frame_times=times,
-              fps=float(fps), source_fps=float(fps), height=h, width=w, duration=n / fps, dataset="builtin")
-    if task == "kinetics":
-        ex["label"] = cls
-    elif task == "ssv2":
-        ex["label"] = int(reverse)
-    elif task == "retrieval":
-        ex["captions"] = [f"a {name} square {direction}", f"a {name} block slides across"]
-    elif task == "grounding":
-        ex["captions"] = [f"the {name} square appears"]
-        ex["windows"] = np.array([[t0, t1]], np.float32)
-    elif task == "localization":
-        ex["segments"] = np.array([[t0, t1]], np.float32)
-        ex["segment_labels"] = np.array([cls], np.int32)
-    elif task == "vis":
-        ex["categories"] = np.array([cls], np.int32)
-        ex["mask_rle_lengths"], ex["mask_rle_counts"] = schema.encode_masks(_vis_masks(n, (w, h), reverse, window))
-    return ex
+    ex = dict(task=spec.name, video_id=vid, frames=[jpeg.encode_jpeg(f) for f in frames], frame_times=times,
+              fps=float(clip.fps), source_fps=float(clip.fps), height=h, width=w,
+              duration=clip.num_frames / clip.fps, dataset="builtin")
+    return {**ex, **spec.builtin_fields(clip)}
 
 
 def build_builtin_dataset(
@@ -102,15 +112,16 @@ def build_builtin_dataset(
     num_frames: int = 40,
     size: tuple[int, int] = (96, 72),
     fps: int = 8,
-    tasks: Sequence[str] = schema.TASKS,
+    tasks: Sequence[str] | None = None,
     fmt: str = "arrayrecord",
 ) -> dict[str, pathlib.Path]:
     """Build (or reuse, when already built with the same settings) the dataset; returns {task: shard dir}.
 
-    Every task gets `videos_per_task` clips of `num_frames` frames of `size` = (width, height) at `fps`,
-    written as one shard per task in `fmt` ("arrayrecord" or "tfrecord"), with a converter-style metadata.json.
+    Every task (default: every registered task) gets `videos_per_task` clips of `num_frames` frames of
+    `size` = (width, height) at `fps`, written as one shard per task in `fmt` ("arrayrecord" or "tfrecord"), with a converter-style metadata.json.
     """
     out = pathlib.Path(out_dir)
+    tasks = registry.names() if tasks is None else tuple(tasks)
     settings = dict(version=VERSION, videos_per_task=videos_per_task, num_frames=num_frames, size=list(size),
                     fps=fps, tasks=list(tasks), fmt=fmt)
     marker = out / "builtin.json"
@@ -119,18 +130,18 @@ def build_builtin_dataset(
         return dirs
     (out / "videos").mkdir(parents=True, exist_ok=True)
     for ti, task in enumerate(tasks):
+        spec = registry.get(task)
         records = []
         for i in range(videos_per_task):
             cls, reverse = i % len(CLASS_NAMES), bool((i // 2) % 2)
-            full = task in ("kinetics", "ssv2", "retrieval")
-            start = 0 if full else (3 * i + ti) % (num_frames // 2)
-            window = (0, num_frames) if full else (start, start + num_frames // 3)
+            start = 0 if spec.builtin_whole_clip else (3 * i + ti) % (num_frames // 2)
+            window = (0, num_frames) if spec.builtin_whole_clip else (start, start + num_frames // 3)
             vid = f"{task}_{i:03d}"
             path = write_clip(out / "videos" / f"{vid}.mp4", num_frames, size, fps, COLOURS[CLASS_NAMES[cls]],
                               reverse, window)
             times, frames = video.read_video(path)  # Real decode of the compressed clip.
-            records.append(schema.encode_record(_example(task, vid, times, frames, fps, cls, reverse, window)))
-        names = {"kinetics": CLASS_NAMES, "localization": CLASS_NAMES, "vis": CLASS_NAMES, "ssv2": DIRECTIONS}
-        sources.write_task_records(dirs[task], task, records, fmt=fmt, class_names=names.get(task, ()))
+            clip = BuiltinClip(num_frames, size, fps, cls, reverse, window)
+            records.append(schema.encode_record(_example(spec, vid, times, frames, clip)))
+        sources.write_task_records(dirs[task], task, records, fmt=fmt, class_names=spec.builtin_class_names)
     marker.write_text(json.dumps(settings))
     return dirs

@@ -19,11 +19,14 @@ from typing import Any, Mapping, Sequence
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from absl import flags
+from jax.sharding import Mesh
 
-from data_pipelines.pipeline.mixture import CycleMixMapDataset
+from data_pipelines.pipeline import mixture, transforms
+from data_pipelines.pipeline.builtin import build_builtin_dataset
+from data_pipelines.records import sources
+from streamformer_jax.sharding import batch_sharding
 
 
 def derive_seed(seed: int, *names: str | int) -> int:
@@ -53,14 +56,12 @@ def task_dataset(
 
 
 def mixed_dataset(task_datasets: Mapping[str, grain.MapDataset], cycle: Sequence[str]) -> grain.MapDataset:
-    return CycleMixMapDataset(task_datasets, cycle)
+    return mixture.CycleMixMapDataset(task_datasets, cycle)
 
 
 def _ensure_absl_flags_parsed() -> None:
     """grain's mp_prefetch reads an absl flag when it starts workers; outside `absl.app.run` nobody parsed the
     flags and that read raises. Marking them parsed keeps every flag at its default."""
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
@@ -130,15 +131,10 @@ class BatchIterator(grain.DatasetIterator):
         self.close()
 
 
-def data_sharding(mesh: Mesh, data_axes: Sequence[str]) -> NamedSharding:
-    """Leading (batch) dimension split over the data axes, everything else replicated."""
-    return NamedSharding(mesh, PartitionSpec(tuple(data_axes)))
-
-
 def to_global_batch(host_batch: Mapping[str, Any], mesh: Mesh, data_axes: Sequence[str]) -> dict[str, Any]:
     """Numeric arrays become global jax.Arrays (this host's rows are its share of the batch); strings (task,
     captions, ids) stay host-local numpy, for the text tokenizer and logging."""
-    sharding = data_sharding(mesh, data_axes)
+    sharding = batch_sharding(mesh, axes=data_axes)
     out = {}
     for key, value in host_batch.items():
         if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
@@ -172,40 +168,28 @@ class GlobalBatchIterator(grain.DatasetIterator):
         self.host_iterator.close()
 
 
-def normalize_frames(video: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """uint8 frames -> [-1, 1] as (x/255 - 0.5)/0.5 (SigLIP's value range, spec §2.1); call inside the jitted
-    step so the host ships uint8."""
-    return (video.astype(dtype) / 255.0 - 0.5) / 0.5
-
-
 # ------------------------------------------------------------------------------------------- from a config
-def task_options(config, task: str, train: bool = True):
-    from data_pipelines.pipeline.tasks import ClipOptions
-
+def task_options(config, task: str, train: bool = True) -> transforms.ClipOptions:
     t = config.tasks[task]
-    return ClipOptions(
+    return transforms.ClipOptions(
         num_frames=config.num_frames, size=config.image_size, train=train, flip=t.flip, crop=t.crop,
         rrc_scale=tuple(t.rrc_scale), rrc_ratio=tuple(t.rrc_ratio), scale_jitter=tuple(t.scale_jitter),
         clip_seconds=t.clip_seconds, max_seconds=t.max_seconds, patch_size=t.patch_size,
         randaugment=t.randaugment, randaugment_interpolation=t.randaugment_interpolation,
         # Optional key (VIS only): COCO pseudo-video rotation range in degrees, 0 = off.
-        pseudo_video_max_angle=float(t.get("pseudo_video_max_angle", ClipOptions.pseudo_video_max_angle)),
+        pseudo_video_max_angle=float(t.get("pseudo_video_max_angle", transforms.ClipOptions.pseudo_video_max_angle)),
     )
 
 
 def task_dirs(config) -> dict[str, str]:
     """{task: record directory} for the tasks in the mix (the built-in dataset when `builtin_dir` is set)."""
     if config.get("builtin_dir"):
-        from data_pipelines.pipeline.builtin import build_builtin_dataset
-
         return {k: str(v) for k, v in build_builtin_dataset(config.builtin_dir).items()}
     return {name: t.data_dir for name, t in config.tasks.items() if t.data_dir}
 
 
 def build_train_dataset(config, process_index: int | None = None, process_count: int | None = None):
     """The mixed training `MapDataset` of host batches for this process (see module docstring)."""
-    from data_pipelines.pipeline import mixture, sources, tasks
-
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     if config.global_batch_size % pc:
@@ -216,7 +200,7 @@ def build_train_dataset(config, process_index: int | None = None, process_count:
     )
     cycle = mixture.make_cycle({k: w for k, w in weights.items() if k in srcs}, tuple(config.task_order))
     per_task = {
-        name: task_dataset(srcs[name], tasks.make_transform(name, task_options(config, name)), seed=config.seed,
+        name: task_dataset(srcs[name], transforms.make_transform(name, task_options(config, name)), seed=config.seed,
                            host_batch_size=config.global_batch_size // pc, process_index=pi, process_count=pc)
         for name in sorted(set(cycle))
     }

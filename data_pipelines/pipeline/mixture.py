@@ -12,8 +12,8 @@ from typing import Mapping, Sequence
 
 import grain
 
-# Concatenation order of scripts/dataset_metadata/all.yaml.
-DEFAULT_ORDER = ("kinetics", "ssv2", "retrieval", "grounding", "localization", "vis")
+from streamformer_jax.tasks import registry
+
 
 
 def balanced_sizes(sizes: Mapping[str, int], scale: float = 2.0) -> dict[str, int]:
@@ -30,11 +30,13 @@ def balanced_cycle_counts(sizes: Mapping[str, int], scale: float = 2.0) -> dict[
     return {k: max(1, n // smallest) for k, n in bal.items()}
 
 
-def make_cycle(counts: Mapping[str, int], order: Sequence[str] = DEFAULT_ORDER) -> tuple[str, ...]:
-    """Task of each micro-batch in one cycle: f_k consecutive batches of each task, in `order`.
+def make_cycle(counts: Mapping[str, int], order: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Task of each micro-batch in one cycle: f_k consecutive batches of each task, in `order` (default: the
+    registry's order, which is the original's: the concatenation order of scripts/dataset_metadata/all.yaml).
 
     Tasks missing from `order` follow in sorted order; a count of 0 drops the task.
     """
+    order = registry.names() if order is None else order
     names = [t for t in order if t in counts] + sorted(set(counts) - set(order))
     cycle = []
     for name in names:
@@ -97,4 +99,4 @@ class CycleMixMapDataset(grain.MapDataset):
         return {"task": task, **batch}
 
 
-__all__ = ["DEFAULT_ORDER", "balanced_sizes", "balanced_cycle_counts", "make_cycle", "CycleMixMapDataset"]
+__all__ = ["balanced_sizes", "balanced_cycle_counts", "make_cycle", "CycleMixMapDataset"]

@@ -20,6 +20,7 @@ INCREASING_OPS = (
     "TranslateXRel", "TranslateYRel",
 )
 MAX_LEVEL = 10.0
+ORIGINAL_VIDEO_SPEC = "rand-m7-n4-mstd0.5-inc1"  # the original's Kinetics / SSv2 setting (spec §6.3)
 
 
 @dataclasses.dataclass(frozen=True)

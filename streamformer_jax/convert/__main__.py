@@ -1,7 +1,7 @@
 """`python -m streamformer_jax.convert`: checkpoint converters (official PyTorch / Hugging Face <-> ours).
 
 User errors (missing files, bad JSON, key or shape mismatches, bad options) are reported as
-`error: ...` on stderr with exit code 2 and no traceback (`--traceback` shows it).
+`error: ...` on stderr with exit code 2 and no traceback (`--traceback` shows it); see `streamformer_jax.cli`.
 """
 from __future__ import annotations
 
@@ -11,37 +11,47 @@ import pathlib
 import shutil
 import sys
 
+from streamformer_jax import cli
+from streamformer_jax.checkpoint import load_any, save_checkpoint
+from streamformer_jax.convert import torch_io
+from streamformer_jax.convert.keymap import OFFICIAL_PREFIX, backbone_rules, buffer_keys, official_to_ours, \
+    ours_to_official
+from streamformer_jax.convert.official import write_official_dir
+from streamformer_jax.convert.pretrain import (ConversionError, extras_path, infer_config, nonstandard_buffers,
+                                               read_extras, read_safetensors_dir, split_backbone, summarize_extras,
+                                               write_extras)
+from streamformer_jax.convert.siglip import import_siglip
+from streamformer_jax.models.config import PRESETS, StreamFormerConfig, get_preset
+from streamformer_jax.models.streamformer import init_model
+from streamformer_jax.param_tree import flat_params
+
 EPILOG = """\
 examples:
   # official Hugging Face backbone directory (config.json + model.safetensors) -> our checkpoint
-  python -m streamformer_jax.convert import-pytorch --src streamformer-timesformer --dst ckpt/streamformer
+  python -m streamformer_jax.convert import-pytorch --src streamformer-timesformer --out ckpt/streamformer
 
   # pretraining checkpoint (torch.save dict with "model"); the config is inferred from the shapes unless
   # --config is given; task heads / text encoder go to ckpt/pretrain/pretrain_extras.safetensors
-  python -m streamformer_jax.convert import-pytorch --src checkpoint-epoch.pth --dst ckpt/pretrain
-  python -m streamformer_jax.convert import-pytorch --src checkpoint-epoch.pth --config config.json --dst ckpt/pretrain
+  python -m streamformer_jax.convert import-pytorch --src checkpoint-epoch.pth --out ckpt/pretrain
+  python -m streamformer_jax.convert import-pytorch --src checkpoint-epoch.pth --config config.json --out ckpt/pretrain
 
   # our checkpoint -> a directory TimesformerMultiTaskingModelSigLIP.from_pretrained loads strictly,
   # or -> a pretraining-style .pth ({"model": ...}, extras restored)
-  python -m streamformer_jax.convert export-pytorch --src ckpt/streamformer --dst hf_out
-  python -m streamformer_jax.convert export-pytorch --src ckpt/pretrain --dst checkpoint-restored.pth
+  python -m streamformer_jax.convert export-pytorch --checkpoint ckpt/streamformer --out hf_out
+  python -m streamformer_jax.convert export-pytorch --checkpoint ckpt/pretrain --out checkpoint-restored.pth
 
   # Hugging Face SigLIP (SiglipModel or SiglipVisionModel save_pretrained dir) -> StreamFormer start point
-  python -m streamformer_jax.convert import-siglip --src siglip-base-patch16-224 --dst ckpt/siglip16 --seed 0
+  python -m streamformer_jax.convert import-siglip --src siglip-base-patch16-224 --out ckpt/siglip16 --seed 0
 
   # a randomly initialised checkpoint of a preset (tiny | small | vit_b16), for demos without downloads
-  python -m streamformer_jax.convert init-random --preset tiny --dst ckpt/tiny
+  python -m streamformer_jax.convert init-random --preset tiny --out ckpt/tiny
+
+(--dst is accepted for --out, and --src for export-pytorch's --checkpoint.)
 """
-
-
-def _err(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
 
 
 def _prepare_dst(dst: pathlib.Path, overwrite: bool) -> None:
     if dst.exists() and (dst.is_file() or any(dst.iterdir())) and not overwrite:
-        from streamformer_jax.convert.pretrain import ConversionError
-
         raise ConversionError(f"{dst} already exists and is not empty (pass --overwrite to replace it)")
 
 
@@ -60,9 +70,6 @@ def _config_line(config) -> str:
 
 
 def _write_ours(dst: pathlib.Path, config, params, extras, aliases, order, source: dict) -> None:
-    from streamformer_jax.checkpoint import save_checkpoint
-    from streamformer_jax.convert.pretrain import extras_path, summarize_extras, write_extras
-
     save_checkpoint(dst, config, params, extra={"source": source})
     extras_path(dst).unlink(missing_ok=True)  # never leave a stale file from an earlier import
     print(f"wrote our checkpoint {dst} ({len(params)} parameters)")
@@ -76,12 +83,7 @@ def _write_ours(dst: pathlib.Path, config, params, extras, aliases, order, sourc
 
 
 def cmd_import_pytorch(args) -> int:
-    from streamformer_jax.convert.keymap import OFFICIAL_PREFIX, official_to_ours
-    from streamformer_jax.convert.pretrain import (ConversionError, infer_config, nonstandard_buffers,
-                                                   read_safetensors_dir, split_backbone)
-    from streamformer_jax.models.config import StreamFormerConfig
-
-    src, dst = pathlib.Path(args.src), pathlib.Path(args.dst)
+    src, dst = pathlib.Path(args.src), pathlib.Path(args.out)
     _prepare_dst(dst, args.overwrite)
     config = StreamFormerConfig.from_hf_json(args.config) if args.config else None
     if src.is_dir():
@@ -94,8 +96,6 @@ def cmd_import_pytorch(args) -> int:
         backbone, extras = split_backbone(state)
         aliases, order, kind = {}, list(state), "official_dir"
     elif src.is_file():
-        from streamformer_jax.convert import torch_io
-
         state, ignored = torch_io.load_pth(src)
         backbone_t, extras_t = split_backbone(state)
         prefixed = bool(extras_t) or any(k.startswith(OFFICIAL_PREFIX) for k in state)
@@ -130,17 +130,10 @@ def cmd_import_pytorch(args) -> int:
 
 
 def cmd_export_pytorch(args) -> int:
-    from streamformer_jax.checkpoint import load_any
-    from streamformer_jax.convert.keymap import backbone_rules, buffer_keys, ours_to_official
-    from streamformer_jax.convert.official import write_official_dir
-    from streamformer_jax.convert.pretrain import read_extras
-
-    src, dst = pathlib.Path(args.src), pathlib.Path(args.dst)
+    src, dst = pathlib.Path(args.checkpoint), pathlib.Path(args.out)
     _prepare_dst(dst, args.overwrite)
     config, params = load_any(src)
     if dst.suffix in (".pth", ".pt"):
-        from streamformer_jax.convert import torch_io
-
         torch_io.require_torch()
         extras = read_extras(src, framework="pt")
         tensors, aliases, order = extras if extras else ({}, {}, [])
@@ -164,12 +157,9 @@ def cmd_export_pytorch(args) -> int:
 
 
 def cmd_import_siglip(args) -> int:
-    from streamformer_jax.convert.pretrain import ConversionError
-    from streamformer_jax.convert.siglip import import_siglip
-
     if args.num_frames < 1 or args.lora_rank < 0:
         raise ConversionError("--num-frames must be >= 1 and --lora-rank >= 0")
-    src, dst = pathlib.Path(args.src), pathlib.Path(args.dst)
+    src, dst = pathlib.Path(args.src), pathlib.Path(args.out)
     _prepare_dst(dst, args.overwrite)
     config, params, extras, notes = import_siglip(src, args.num_frames, args.lora_rank, args.seed,
                                                   args.zero_time_embeddings)
@@ -183,12 +173,7 @@ def cmd_import_siglip(args) -> int:
 
 
 def cmd_init_random(args) -> int:
-    from streamformer_jax.checkpoint import save_checkpoint
-    from streamformer_jax.models.config import get_preset
-    from streamformer_jax.models.params import flat_params
-    from streamformer_jax.models.streamformer import init_model
-
-    dst = pathlib.Path(args.dst)
+    dst = pathlib.Path(args.out)
     _prepare_dst(dst, args.overwrite)
     config = get_preset(args.preset)
     save_checkpoint(dst, config, flat_params(init_model(config, args.seed)),
@@ -198,7 +183,7 @@ def cmd_init_random(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m streamformer_jax.convert",
         description="StreamFormer checkpoint converters: official PyTorch / Hugging Face formats <-> ours.",
         epilog=EPILOG,
@@ -211,21 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "without 'timesformer.') or pretraining checkpoint .pth (needs torch) -> our checkpoint.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", required=True, help="official directory or .pth file")
-    p.add_argument("--dst", required=True, help="our checkpoint directory to write")
+    cli.add_out(p, "--dst", help="our checkpoint directory to write", metavar="CKPT")
     p.add_argument("--config", help="official config.json to use (default: SRC/config.json; for .pth: inferred "
                    "from the tensor shapes)")
     p.add_argument("--num-heads", type=int, help="attention heads when inferring the config (default hidden/64)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty DST")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUT")
     p.set_defaults(func=cmd_import_pytorch)
 
     p = sub.add_parser("export-pytorch", help="our checkpoint -> official HF directory (or .pth)",
                        description="Our checkpoint (or an official directory) -> config.json + model.safetensors "
-                       "loadable by TimesformerMultiTaskingModelSigLIP.from_pretrained with strict keys; a DST "
+                       "loadable by TimesformerMultiTaskingModelSigLIP.from_pretrained with strict keys; an OUT "
                        "ending in .pth writes the pretraining layout {'model': ...} with the kept extras.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--src", required=True, help="our checkpoint directory (or an official directory)")
-    p.add_argument("--dst", required=True, help="directory to write, or a .pth file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty DST")
+    cli.add_checkpoint(p, "--src", help="our checkpoint directory (or an official directory)")
+    cli.add_out(p, "--dst", help="directory to write, or a .pth file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUT")
     p.set_defaults(func=cmd_export_pytorch)
 
     p = sub.add_parser("import-siglip", help="Hugging Face SigLIP directory -> StreamFormer start point",
@@ -235,39 +220,31 @@ def build_parser() -> argparse.ArgumentParser:
                        "logit scale/bias are kept in pretrain_extras.safetensors.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", required=True, help="SigLIP directory (config.json + model.safetensors)")
-    p.add_argument("--dst", required=True, help="our checkpoint directory to write")
+    cli.add_out(p, "--dst", help="our checkpoint directory to write", metavar="CKPT")
     p.add_argument("--seed", type=int, default=0, help="seed of the new temporal parameters (default 0)")
     p.add_argument("--num-frames", type=int, default=16, help="time-embedding rows (default 16)")
     p.add_argument("--lora-rank", type=int, default=0, help="spatial LoRA rank, 0 = none (default; the official "
                    "class supports 0 or 32)")
     p.add_argument("--zero-time-embeddings", action="store_true",
                    help="time embeddings 0 instead of N(0, 0.02^2): the result reproduces SigLIP frame by frame")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty DST")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUT")
     p.set_defaults(func=cmd_import_siglip)
 
     p = sub.add_parser("init-random", help="a randomly initialised checkpoint of a preset (demos, tests)",
                        description="Our checkpoint of a randomly initialised model (official initialisation: "
                        "temporal gates 0, LoRA B = 0), for demos and smoke tests without downloads.")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "vit_b16"])
-    p.add_argument("--dst", required=True, help="our checkpoint directory to write")
+    p.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    cli.add_out(p, "--dst", help="our checkpoint directory to write", metavar="CKPT")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty DST")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUT")
     p.set_defaults(func=cmd_init_random)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, OSError) as e:  # ConversionError / ParameterMismatchError are ValueErrors
-        if args.traceback:
-            raise
-        msg = str(e)
-        if isinstance(e, OSError) and e.filename and str(e.filename) not in msg:
-            msg = f"{e.filename}: {e.strerror or msg}"
-        _err(msg or type(e).__name__)
-        return 2
+    # ConversionError / ParameterMismatchError are ValueErrors
+    return cli.run(lambda: args.func(args), traceback=args.traceback)
 
 
 if __name__ == "__main__":

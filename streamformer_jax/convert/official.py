@@ -34,15 +34,21 @@ def read_official_dir(path: str | os.PathLike) -> tuple[StreamFormerConfig, dict
     return config, official_to_ours(strip_prefix(state), config, source=str(p / WEIGHTS))
 
 
-def write_official_dir(path: str | os.PathLike, config: StreamFormerConfig, params) -> None:
-    """Write a directory that `TimesformerMultiTaskingModelSigLIP.from_pretrained` loads strictly."""
+def write_hf_dir(path: str | os.PathLike, state: dict[str, np.ndarray], hf_config: dict) -> pathlib.Path:
+    """A Hugging Face model directory: `model.safetensors` (PyTorch-layout tensors) + `config.json`, each written
+    under a temporary name and renamed when complete."""
     p = pathlib.Path(path)
     p.mkdir(parents=True, exist_ok=True)
-    state = ours_to_official({k: np.asarray(v) for k, v in params.items()}, config)
     # metadata "pt": transformers treats anything else (e.g. "flax") as a foreign format.
     tmp = p / (WEIGHTS + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, p / WEIGHTS)
     tmp = p / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
+    tmp.write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, p / CONFIG)
+    return p
+
+
+def write_official_dir(path: str | os.PathLike, config: StreamFormerConfig, params) -> None:
+    """Write a directory that `TimesformerMultiTaskingModelSigLIP.from_pretrained` loads strictly."""
+    write_hf_dir(path, ours_to_official({k: np.asarray(v) for k, v in params.items()}, config), config.to_hf_dict())

@@ -18,6 +18,8 @@ import re
 from typing import Mapping
 
 import numpy as np
+import safetensors.numpy
+from safetensors import safe_open
 
 from streamformer_jax.convert.keymap import MASK_BUFFER, OFFICIAL_PREFIX
 from streamformer_jax.models.config import StreamFormerConfig
@@ -55,8 +57,6 @@ def nonstandard_buffers(backbone: Mapping[str, np.ndarray], config: StreamFormer
 
 def read_safetensors_dir(path: pathlib.Path) -> dict[str, np.ndarray]:
     """`model.safetensors`, or the shards listed in `model.safetensors.index.json`."""
-    from safetensors.numpy import load_file
-
     path = pathlib.Path(path)
     index = path / "model.safetensors.index.json"
     if (path / "model.safetensors").is_file():
@@ -72,7 +72,7 @@ def read_safetensors_dir(path: pathlib.Path) -> dict[str, np.ndarray]:
     state = {}
     for f in files:
         try:
-            state.update(load_file(str(f)))
+            state.update(safetensors.numpy.load_file(str(f)))
         except Exception as e:  # safetensors raises its own error types
             raise ConversionError(f"{f}: cannot read safetensors file ({e})") from None
     return state
@@ -188,14 +188,13 @@ def write_extras(ckpt_dir: str | os.PathLike, tensors: Mapping[str, object], ali
                 "aliases": json.dumps(dict(aliases), sort_keys=True), "order": json.dumps(list(order))}
     tmp = path.with_name(path.name + ".tmp")
     if any(not isinstance(v, np.ndarray) for v in tensors.values()):
-        from safetensors.torch import save_file
+        from safetensors.torch import save_file  # torch tensors: torch is an optional dependency
 
         # clone: views of one storage (or non-contiguous tensors) cannot be written by safetensors.torch
         save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     else:
-        from safetensors.numpy import save_file
-
-        save_file({k: np.asarray(v, order="C") for k, v in tensors.items()}, str(tmp), metadata=metadata)  # keeps 0-dim
+        safetensors.numpy.save_file({k: np.asarray(v, order="C") for k, v in tensors.items()}, str(tmp),
+                                    metadata=metadata)  # keeps 0-dim
     os.replace(tmp, path)
     return path
 
@@ -203,8 +202,6 @@ def write_extras(ckpt_dir: str | os.PathLike, tensors: Mapping[str, object], ali
 def read_extras(ckpt_dir: str | os.PathLike, framework: str = "np"
                 ) -> tuple[dict[str, object], dict[str, str], list[str]] | None:
     """-> (stored tensors, {alias: canonical}, original key order), or None if the checkpoint has no extras."""
-    from safetensors import safe_open
-
     path = extras_path(ckpt_dir)
     if not path.is_file():
         return None

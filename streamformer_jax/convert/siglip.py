@@ -2,8 +2,9 @@
 `tools/initialize_SigLIP_weights.py`).
 
 Two declarative tables drive it:
-* `SIGLIP_RULES`: official StreamFormer key <- SigLIP vision key(s) (without `vision_model.`) + transform
-  (`copy`, `unsqueeze` for the position table, `concat` = [q; k; v] along rows for the fused qkv);
+* `SIGLIP_GLOBAL_RULES` / `SIGLIP_LAYER_RULES` (`key_rules.Rule`, applied by the rule engine): official
+  StreamFormer key <- SigLIP vision key(s) (without `vision_model.`) + layout (`copy`; `add_axis` for the
+  position table; three keys = [q; k; v] concatenated along rows for the fused qkv);
 * `NEW_PARAMS`: the parameters SigLIP lacks, with their initialisation (`normal` = N(0, 0.02²), `ones`,
   `zeros`) and their shape in terms of D (hidden), F (frames), R (LoRA rank).
 The result is an official-format state dict, which then goes through the backbone key map
@@ -23,6 +24,7 @@ import numpy as np
 
 from streamformer_jax.convert.keymap import MASK_BUFFER, official_to_ours
 from streamformer_jax.convert.pretrain import ConversionError, read_safetensors_dir
+from streamformer_jax.key_rules import Rule, expand, to_ours
 from streamformer_jax.models.config import StreamFormerConfig
 
 VISION_PREFIX = "vision_model."
@@ -37,36 +39,11 @@ SIGLIP_VISION_DEFAULTS = {
 IGNORED_SIGLIP = ("embeddings.position_ids",)
 
 
-# ---- transforms: list of SigLIP tensors -> official tensor ----
-def _copy(ts):
-    return ts[0]
-
-
-def _unsqueeze(ts):  # [N, D] -> [1, N, D]
-    return ts[0][None]
-
-
-def _concat(ts):  # q, k, v -> [q; k; v] along the output rows
-    return np.concatenate(ts, axis=0)
-
-
-def _squeeze(ts):  # SiglipModel's [1] logit scale/bias -> the wrapper's 0-dim parameters
-    return ts[0].reshape(())
-
-
-TRANSFORMS = {"copy": _copy, "unsqueeze": _unsqueeze, "concat": _concat, "squeeze": _squeeze}
 INITS = {
     "normal": lambda rng, shape: (rng.standard_normal(shape) * INIT_STD).astype(np.float32),
     "ones": lambda rng, shape: np.ones(shape, np.float32),
     "zeros": lambda rng, shape: np.zeros(shape, np.float32),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class SiglipRule:
-    theirs: str  # official StreamFormer backbone key ({l}: layer)
-    siglip: tuple[str, ...]  # SigLIP vision key(s), without "vision_model."
-    kind: str = "copy"
 
 
 def _qkv(part: str) -> tuple[str, ...]:
@@ -76,27 +53,28 @@ def _qkv(part: str) -> tuple[str, ...]:
 _HEAD_KEYS = ("probe", "attention.in_proj_weight", "attention.in_proj_bias", "attention.out_proj.weight",
               "attention.out_proj.bias", "layernorm.weight", "layernorm.bias", "mlp.fc1.weight", "mlp.fc1.bias",
               "mlp.fc2.weight", "mlp.fc2.bias")
+# Rule(official StreamFormer key, SigLIP vision key(s), layout): both sides are PyTorch layouts.
 SIGLIP_GLOBAL_RULES = [
-    SiglipRule("embeddings.patch_embeddings.projection.weight", ("embeddings.patch_embedding.weight",)),
-    SiglipRule("embeddings.patch_embeddings.projection.bias", ("embeddings.patch_embedding.bias",)),
-    SiglipRule("embeddings.position_embeddings", ("embeddings.position_embedding.weight",), "unsqueeze"),
-    SiglipRule("post_layernorm.weight", ("post_layernorm.weight",)),
-    SiglipRule("post_layernorm.bias", ("post_layernorm.bias",)),
-    *[SiglipRule(f"head.{k}", (f"head.{k}",)) for k in _HEAD_KEYS],
+    Rule("embeddings.patch_embeddings.projection.weight", "embeddings.patch_embedding.weight"),
+    Rule("embeddings.patch_embeddings.projection.bias", "embeddings.patch_embedding.bias"),
+    Rule("embeddings.position_embeddings", "embeddings.position_embedding.weight", "add_axis"),
+    Rule("post_layernorm.weight", "post_layernorm.weight"),
+    Rule("post_layernorm.bias", "post_layernorm.bias"),
+    *[Rule(f"head.{k}", f"head.{k}") for k in _HEAD_KEYS],
 ]
 SIGLIP_LAYER_RULES = [
-    SiglipRule("encoder.layer.{l}.attention.attention.qkv.weight", _qkv("weight"), "concat"),
-    SiglipRule("encoder.layer.{l}.attention.attention.qkv.bias", _qkv("bias"), "concat"),
-    SiglipRule("encoder.layer.{l}.attention.output.dense.weight", ("encoder.layers.{l}.self_attn.out_proj.weight",)),
-    SiglipRule("encoder.layer.{l}.attention.output.dense.bias", ("encoder.layers.{l}.self_attn.out_proj.bias",)),
-    SiglipRule("encoder.layer.{l}.layernorm_before.weight", ("encoder.layers.{l}.layer_norm1.weight",)),
-    SiglipRule("encoder.layer.{l}.layernorm_before.bias", ("encoder.layers.{l}.layer_norm1.bias",)),
-    SiglipRule("encoder.layer.{l}.layernorm_after.weight", ("encoder.layers.{l}.layer_norm2.weight",)),
-    SiglipRule("encoder.layer.{l}.layernorm_after.bias", ("encoder.layers.{l}.layer_norm2.bias",)),
-    SiglipRule("encoder.layer.{l}.intermediate.dense.weight", ("encoder.layers.{l}.mlp.fc1.weight",)),
-    SiglipRule("encoder.layer.{l}.intermediate.dense.bias", ("encoder.layers.{l}.mlp.fc1.bias",)),
-    SiglipRule("encoder.layer.{l}.output.dense.weight", ("encoder.layers.{l}.mlp.fc2.weight",)),
-    SiglipRule("encoder.layer.{l}.output.dense.bias", ("encoder.layers.{l}.mlp.fc2.bias",)),
+    Rule("encoder.layer.{l}.attention.attention.qkv.weight", _qkv("weight")),
+    Rule("encoder.layer.{l}.attention.attention.qkv.bias", _qkv("bias")),
+    Rule("encoder.layer.{l}.attention.output.dense.weight", "encoder.layers.{l}.self_attn.out_proj.weight"),
+    Rule("encoder.layer.{l}.attention.output.dense.bias", "encoder.layers.{l}.self_attn.out_proj.bias"),
+    Rule("encoder.layer.{l}.layernorm_before.weight", "encoder.layers.{l}.layer_norm1.weight"),
+    Rule("encoder.layer.{l}.layernorm_before.bias", "encoder.layers.{l}.layer_norm1.bias"),
+    Rule("encoder.layer.{l}.layernorm_after.weight", "encoder.layers.{l}.layer_norm2.weight"),
+    Rule("encoder.layer.{l}.layernorm_after.bias", "encoder.layers.{l}.layer_norm2.bias"),
+    Rule("encoder.layer.{l}.intermediate.dense.weight", "encoder.layers.{l}.mlp.fc1.weight"),
+    Rule("encoder.layer.{l}.intermediate.dense.bias", "encoder.layers.{l}.mlp.fc1.bias"),
+    Rule("encoder.layer.{l}.output.dense.weight", "encoder.layers.{l}.mlp.fc2.weight"),
+    Rule("encoder.layer.{l}.output.dense.bias", "encoder.layers.{l}.mlp.fc2.bias"),
 ]
 
 
@@ -132,18 +110,27 @@ class ExtraRule:
     """SiglipModel's non-vision tensors -> the pretraining wrapper's names (prefix rename or exact key)."""
     siglip: str
     theirs: str
-    kind: str = "copy"
+    scalar: bool = False  # SiglipModel's [1] logit scale/bias -> the wrapper's 0-dim parameters
     prefix: bool = False
 
 
 EXTRA_RULES = [
     ExtraRule("text_model.", "text_encoder.text_model.", prefix=True),
-    ExtraRule("logit_scale", "logit_scale", "squeeze"),
-    ExtraRule("logit_bias", "logit_bias", "squeeze"),
+    ExtraRule("logit_scale", "logit_scale", scalar=True),
+    ExtraRule("logit_bias", "logit_bias", scalar=True),
 ]
 
 
 # ---- reading a SigLIP directory ----
+def is_siglip_dir(path) -> bool:
+    """A Hugging Face SigLIP directory (SiglipModel or SiglipVisionModel config.json)."""
+    try:
+        return json.loads((pathlib.Path(path) / "config.json").read_text()).get("model_type") in (
+            "siglip", "siglip_vision_model")
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def read_siglip_config(path: pathlib.Path) -> dict:
     try:
         d = json.loads((path / "config.json").read_text())
@@ -182,21 +169,9 @@ def siglip_to_official(vision_state: Mapping[str, np.ndarray], config: StreamFor
     """SigLIP vision tensors (no prefix) -> the official StreamFormer backbone state dict (incl. mask buffers).
 
     Strict: every SigLIP vision tensor must be used, and every source key must exist."""
-    rules = [*SIGLIP_GLOBAL_RULES, *[dataclasses.replace(r, theirs=r.theirs.format(l=l),
-                                                         siglip=tuple(s.format(l=l) for s in r.siglip))
-                                     for l in range(config.num_layers) for r in SIGLIP_LAYER_RULES]]
-    used = {s for r in rules for s in r.siglip}
-    missing = sorted(used - set(vision_state))
-    unexpected = sorted(set(vision_state) - used - set(IGNORED_SIGLIP))
-    if missing or unexpected:
-        lines = ["the SigLIP vision tower does not match its config.json:"]
-        if missing:
-            lines.append(f"  missing ({len(missing)}): " + ", ".join(missing))
-        if unexpected:
-            lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected))
-        raise ConversionError("\n".join(lines))
-    state = {r.theirs: TRANSFORMS[r.kind]([np.asarray(vision_state[s], np.float32) for s in r.siglip])
-             for r in rules}
+    rules = [*SIGLIP_GLOBAL_RULES, *expand(SIGLIP_LAYER_RULES, config.num_layers)]
+    state = to_ours(vision_state, rules, None, "the SigLIP vision tower does not match its config.json",
+                    ignored=IGNORED_SIGLIP, error=ConversionError)
     rng = np.random.default_rng(seed)
     dims = _dims(config)
     new = [*NEW_GLOBAL_PARAMS, *[dataclasses.replace(p, theirs=p.theirs.format(l=l))
@@ -220,7 +195,7 @@ def siglip_extras(other: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             unknown.append(key)
             continue
         name = rule.theirs + key[len(rule.siglip):] if rule.prefix else rule.theirs
-        out[name] = TRANSFORMS[rule.kind]([np.asarray(value)])
+        out[name] = np.asarray(value).reshape(()) if rule.scalar else np.asarray(value)
     if unknown:
         raise ConversionError(f"unexpected tensors outside the SigLIP vision/text towers ({len(unknown)}): "
                               + ", ".join(sorted(unknown)[:20]))

@@ -1,7 +1,9 @@
 """PyTorch `.pth` reading and writing. torch is imported lazily: the rest of the package works without it."""
 from __future__ import annotations
 
+import argparse
 import os
+import pickle
 from typing import Mapping
 
 import numpy as np
@@ -26,9 +28,6 @@ def load_pth(path: str | os.PathLike) -> tuple[dict[str, object], list[str]]:
     bare state dict. Loads with `weights_only=True` (no arbitrary code); `argparse.Namespace` (the `args`
     entry of the official checkpoints) is allowed.
     """
-    import argparse
-    import pickle
-
     torch = require_torch()
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: no such file")
@@ -99,6 +98,7 @@ def save_pth(path: str | os.PathLike, backbone: Mapping[str, np.ndarray], extras
 def save_model_state(path: str | os.PathLike, state: Mapping[str, object]) -> None:
     """`torch.save({"model": state}, path)`, atomically (written to `path.tmp`, then renamed)."""
     torch = require_torch()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     torch.save({"model": state}, tmp)
     os.replace(tmp, path)

@@ -7,7 +7,7 @@ from flax import nnx
 
 from streamformer_jax.models.attention import FusedQKVAttention, spatial_attention, temporal_attention
 from streamformer_jax.models.config import StreamFormerConfig
-from streamformer_jax.models.layers import MLP, Dense, HostRngs, LayerNorm, normal_init, param, zeros_init
+from streamformer_jax.models.layers import MLP, Dense, HostRngs, LayerNorm, param, zeros_init
 
 
 class DividedSpaceTimeBlock(nnx.Module):

@@ -26,8 +26,34 @@ _HF_FIELDS = {
 OFFICIAL_LORA_RANK = 32
 
 
+class ArchitectureConfig:
+    """What the frozen dataclass configs of our transformers (backbone, text tower) share: `replace`, `to_dict`,
+    `from_dict` (unknown fields are an error), and heads that split `hidden_size` evenly (`num_heads`)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def check_heads(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_heads} heads")
+
+    def replace(self, **kwargs):
+        return dataclasses.replace(self, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        return cls(**d)
+
+
 @dataclasses.dataclass(frozen=True)
-class StreamFormerConfig:
+class StreamFormerConfig(ArchitectureConfig):
     """Architecture and numerics of the StreamFormer backbone (TimeSformer-style SigLIP ViT).
 
     `lora_rank=0` means no spatial LoRA. `dtype` is the compute dtype of matmuls; parameters are always
@@ -50,18 +76,13 @@ class StreamFormerConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        self.check_heads()
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
         for name in ("hidden_size", "num_layers", "num_heads", "mlp_size", "image_size", "patch_size",
                      "num_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
 
     @property
     def grid_size(self) -> int:
@@ -75,20 +96,6 @@ class StreamFormerConfig:
     @property
     def compute_dtype(self):
         return jnp.dtype(self.dtype)
-
-    def replace(self, **kwargs) -> "StreamFormerConfig":
-        return dataclasses.replace(self, **kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StreamFormerConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown StreamFormerConfig fields: {sorted(unknown)}")
-        return cls(**d)
 
     # ---- the official (Hugging Face) config.json ----
     @classmethod

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from streamformer_jax.models.config import StreamFormerConfig
-from streamformer_jax.models.layers import MLP, Dense, HostRngs, LayerNorm, normal_init, param, zeros_init
+from streamformer_jax.models.layers import MLP, Dense, HostRngs, LayerNorm, normal_init, param
 
 
 class MAPHead(nnx.Module):

@@ -31,6 +31,18 @@ class HostRngs:
         return np.random.default_rng([self.seed, self.count])
 
 
+def abstract_module(cls, config) -> nnx.Module:
+    """`cls(config)`'s structure with shape-only parameters (no memory, no RNG work)."""
+    with nnx.use_eager_sharding(False):  # placement is the caller's job (`sharding.shard_state`)
+        return nnx.eval_shape(lambda: cls(config, rngs=None))
+
+
+def init_module(cls, config, seed: int = 0) -> nnx.Module:
+    """`cls(config)` initialised on the host from `seed` (`HostRngs`)."""
+    with nnx.use_eager_sharding(False):
+        return cls(config, rngs=HostRngs(seed))
+
+
 def normal_init(std: float):
     """N(0, std²). The official `trunc_normal_(std=0.02)` truncates at torch's default ±2 in absolute units
     (±100σ), so it is this plain normal in practice."""

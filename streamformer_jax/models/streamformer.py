@@ -13,7 +13,7 @@ from streamformer_jax.models.block import DividedSpaceTimeBlock
 from streamformer_jax.models.config import StreamFormerConfig
 from streamformer_jax.models.embeddings import Embeddings, clip_time_ids
 from streamformer_jax.models.heads import MAPHead
-from streamformer_jax.models.layers import HostRngs, LayerNorm
+from streamformer_jax.models.layers import HostRngs, LayerNorm, abstract_module, init_module
 
 
 def remat_policy(name: str):
@@ -34,8 +34,14 @@ def _run_block(block, h, mask):
 
 
 def normalize_pixels(frames: jax.Array) -> jax.Array:
-    """uint8 RGB [0, 255] -> float32 [-1, 1] with SigLIP's mean = std = 0.5 (every official pipeline)."""
+    """uint8 RGB [0, 255] -> float32 [-1, 1] with SigLIP's mean = std = 0.5 (every official pipeline). Call it
+    inside the jitted function, so the host ships uint8."""
     return (frames.astype(jnp.float32) / 255.0 - 0.5) / 0.5
+
+
+def model_pixels(video: jax.Array) -> jax.Array:
+    """The backbone's input from uint8 frames (normalised here) or already-normalised float frames."""
+    return normalize_pixels(video) if video.dtype == jnp.uint8 else video.astype(jnp.float32)
 
 
 class StreamFormer(nnx.Module):
@@ -113,14 +119,12 @@ class StreamFormer(nnx.Module):
 
 def abstract_model(config: StreamFormerConfig) -> StreamFormer:
     """The model's structure with shape-only parameters (no memory, no RNG work)."""
-    with nnx.use_eager_sharding(False):
-        return nnx.eval_shape(lambda: StreamFormer(config, rngs=None))
+    return abstract_module(StreamFormer, config)
 
 
 def init_model(config: StreamFormerConfig, seed: int = 0) -> StreamFormer:
     """A randomly initialised model with the official initialisation (temporal branch inert: gate 0)."""
-    with nnx.use_eager_sharding(False):
-        return StreamFormer(config, rngs=HostRngs(seed))
+    return init_module(StreamFormer, config, seed)
 
 
 def count_params(params) -> int:

@@ -6,7 +6,7 @@ token embedding + absolute position embedding (positions 0..L-1) -> L pre-LN enc
 `hidden_act`, `gelu_pytorch_tanh` = tanh-approximate GELU for SigLIP) -> final LayerNorm ->
 `pooler_output = head(last_hidden_state[:, -1])` (the last position, an eos/pad token).
 
-Loaders (one declarative key table, `TEXT_RULES`, our name <- HF name + transform):
+Loaders (one declarative key table, `text_rules`, our name <- HF name + layout, applied by `key_rules`):
 * a Hugging Face directory saved by `SiglipModel` / `SiglipTextModel.save_pretrained` (`config.json` +
   `model.safetensors`, keys `text_model.*`);
 * the pretraining extras of our checkpoints (`pretrain_extras.safetensors`, keys `text_encoder.text_model.*`,
@@ -24,8 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors.numpy import load_file
 
-from streamformer_jax.models.layers import MLP, Dense, HostRngs, LayerNorm, normal_init, param
+from streamformer_jax.convert.pretrain import read_safetensors_dir
+from streamformer_jax.key_rules import Rule, expand, layer_norm, linear, to_ours, to_theirs
+from streamformer_jax.models.config import ArchitectureConfig
+from streamformer_jax.models.layers import (MLP, Dense, HostRngs, LayerNorm, abstract_module, init_module,
+                                            normal_init, param)
+from streamformer_jax.param_tree import module_from_flat, shapes
 
 HF_PREFIX = "text_model."
 EXTRAS_PREFIX = "text_encoder.text_model."
@@ -38,7 +44,7 @@ class TextLoadError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class SiglipTextConfig:
+class SiglipTextConfig(ArchitectureConfig):
     """`transformers.SiglipTextConfig` fields that define the architecture (same defaults)."""
 
     vocab_size: int = 32000
@@ -55,23 +61,15 @@ class SiglipTextConfig:
     def __post_init__(self):
         if self.hidden_act not in _ACTS:
             raise ValueError(f"unsupported hidden_act {self.hidden_act!r}; supported: {sorted(_ACTS)}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by {self.num_attention_heads} heads")
+        self.check_heads()
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def num_heads(self) -> int:  # transformers' name is num_attention_heads
+        return self.num_attention_heads
 
     @property
     def output_size(self) -> int:
         return self.projection_size or self.hidden_size
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SiglipTextConfig":
-        return cls(**d)
 
     @classmethod
     def from_hf_dict(cls, d: Mapping[str, Any]) -> "SiglipTextConfig":
@@ -144,110 +142,47 @@ class SiglipTextModel(nnx.Module):
 
 
 def abstract_text_model(config: SiglipTextConfig) -> SiglipTextModel:
-    with nnx.use_eager_sharding(False):
-        return nnx.eval_shape(lambda: SiglipTextModel(config, rngs=None))
+    return abstract_module(SiglipTextModel, config)
 
 
 def init_text_model(config: SiglipTextConfig, seed: int = 0) -> SiglipTextModel:
-    with nnx.use_eager_sharding(False):
-        return SiglipTextModel(config, rngs=HostRngs(seed))
+    return init_module(SiglipTextModel, config, seed)
 
 
-# ---- the key table: our name <- HF name (without `text_model.`), transform ----
-@dataclasses.dataclass(frozen=True)
-class TextRule:
-    ours: str
-    theirs: str
-    kind: str  # "copy"; "linear": torch Linear weight [out, in] -> kernel = W.T reshaped; "reshape"
-
-
-_DENSE = lambda ours, theirs: [TextRule(f"{ours}.kernel", f"{theirs}.weight", "linear"),  # noqa: E731
-                               TextRule(f"{ours}.bias", f"{theirs}.bias", "reshape")]
-_LN = lambda ours, theirs: [TextRule(f"{ours}.scale", f"{theirs}.weight", "copy"),  # noqa: E731
-                            TextRule(f"{ours}.bias", f"{theirs}.bias", "copy")]
+# ---- the key table: our name <- HF name (without `text_model.`), layout (the rule engine's) ----
 TEXT_GLOBAL_RULES = [
-    TextRule("token_embedding", "embeddings.token_embedding.weight", "copy"),
-    TextRule("position_embedding", "embeddings.position_embedding.weight", "copy"),
-    *_LN("final_layer_norm", "final_layer_norm"),
-    *_DENSE("head", "head"),
+    Rule("token_embedding", "embeddings.token_embedding.weight"),
+    Rule("position_embedding", "embeddings.position_embedding.weight"),
+    *layer_norm("final_layer_norm", "final_layer_norm"),
+    *linear("head", "head"),
 ]
 TEXT_LAYER_RULES = [
-    *_LN("layers.{l}.layer_norm1", "encoder.layers.{l}.layer_norm1"),
-    *_LN("layers.{l}.layer_norm2", "encoder.layers.{l}.layer_norm2"),
-    *_DENSE("layers.{l}.attention.query", "encoder.layers.{l}.self_attn.q_proj"),
-    *_DENSE("layers.{l}.attention.key", "encoder.layers.{l}.self_attn.k_proj"),
-    *_DENSE("layers.{l}.attention.value", "encoder.layers.{l}.self_attn.v_proj"),
-    *_DENSE("layers.{l}.attention.out", "encoder.layers.{l}.self_attn.out_proj"),
-    *_DENSE("layers.{l}.mlp.fc1", "encoder.layers.{l}.mlp.fc1"),
-    *_DENSE("layers.{l}.mlp.fc2", "encoder.layers.{l}.mlp.fc2"),
+    *layer_norm("layers.{l}.layer_norm1", "encoder.layers.{l}.layer_norm1"),
+    *layer_norm("layers.{l}.layer_norm2", "encoder.layers.{l}.layer_norm2"),
+    *linear("layers.{l}.attention.query", "encoder.layers.{l}.self_attn.q_proj"),
+    *linear("layers.{l}.attention.key", "encoder.layers.{l}.self_attn.k_proj"),
+    *linear("layers.{l}.attention.value", "encoder.layers.{l}.self_attn.v_proj"),
+    *linear("layers.{l}.attention.out", "encoder.layers.{l}.self_attn.out_proj", n_in=2),  # [H, d] -> [D]
+    *linear("layers.{l}.mlp.fc1", "encoder.layers.{l}.mlp.fc1"),
+    *linear("layers.{l}.mlp.fc2", "encoder.layers.{l}.mlp.fc2"),
 ]
 IGNORED_HF = ("embeddings.position_ids",)  # a buffer some checkpoints store
 
 
-def text_rules(config: SiglipTextConfig) -> list[TextRule]:
-    return [*TEXT_GLOBAL_RULES, *[TextRule(r.ours.format(l=l), r.theirs.format(l=l), r.kind)
-                                  for l in range(config.num_hidden_layers) for r in TEXT_LAYER_RULES]]
-
-
-def _name(path) -> str:
-    return ".".join(str(p) for p in path)
-
-
-def text_param_shapes(config: SiglipTextConfig) -> dict[str, tuple[int, ...]]:
-    state = nnx.state(abstract_text_model(config), nnx.Param)
-    return {_name(p): tuple(v.get_value().shape) for p, v in nnx.to_flat_state(state)}
+def text_rules(config: SiglipTextConfig) -> list[Rule]:
+    return [*TEXT_GLOBAL_RULES, *expand(TEXT_LAYER_RULES, config.num_hidden_layers)]
 
 
 def hf_to_ours(state: Mapping[str, np.ndarray], config: SiglipTextConfig, source: str = "text tower"
                ) -> dict[str, np.ndarray]:
     """HF text-tower tensors (no `text_model.` prefix) -> our flat params; strict on names and shapes."""
-    shapes = text_param_shapes(config)
-    rules = text_rules(config)
-    missing = sorted({r.theirs for r in rules} - set(state))
-    unexpected = sorted(set(state) - {r.theirs for r in rules} - set(IGNORED_HF))
-    out, bad = {}, []
-    for r in rules:
-        if r.theirs not in state:
-            continue
-        a = np.asarray(state[r.theirs], np.float32)
-        shape = shapes[r.ours]
-        try:
-            if r.kind == "linear":
-                if a.ndim != 2 or a.size != int(np.prod(shape)):
-                    raise ValueError
-                a = a.T.reshape(shape)
-            elif r.kind == "reshape":
-                if a.size != int(np.prod(shape)):
-                    raise ValueError
-                a = a.reshape(shape)
-            elif a.shape != shape:
-                raise ValueError
-        except ValueError:
-            bad.append(f"{r.theirs} {tuple(np.shape(state[r.theirs]))} for {r.ours} {shape}")
-            continue
-        out[r.ours] = np.ascontiguousarray(a)
-    if missing or unexpected or bad:
-        lines = [f"{source} does not match the SigLIP text config:"]
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad)):
-            if items:
-                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:20]))
-        raise TextLoadError("\n".join(lines))
-    return out
+    return to_ours(state, text_rules(config), shapes(abstract_text_model(config)),
+                   f"{source} does not match the SigLIP text config", ignored=IGNORED_HF, error=TextLoadError)
 
 
 def ours_to_hf(params: Mapping[str, np.ndarray], config: SiglipTextConfig) -> dict[str, np.ndarray]:
     """Inverse of `hf_to_ours` (without prefix); used by tests and exports."""
-    out = {}
-    for r in text_rules(config):
-        a = np.asarray(params[r.ours], np.float32)
-        if r.kind == "linear":
-            # kernel = [*in, *out]; only the attention output map has a 2-D input ([H, d] -> [D])
-            a = (a.reshape(-1, a.shape[-1]) if r.ours.endswith("attention.out.kernel")
-                 else a.reshape(a.shape[0], -1)).T
-        elif r.kind == "reshape":
-            a = a.reshape(-1)
-        out[r.theirs] = np.ascontiguousarray(a)
-    return out
+    return to_theirs(params, text_rules(config))
 
 
 def infer_text_config(state: Mapping[str, np.ndarray], num_heads: int | None = None) -> SiglipTextConfig:
@@ -270,19 +205,7 @@ def infer_text_config(state: Mapping[str, np.ndarray], num_heads: int | None = N
 
 
 def text_model_from_flat(config: SiglipTextConfig, flat: Mapping[str, object]) -> SiglipTextModel:
-    from streamformer_jax.models.params import check_params
-
-    graphdef, state = nnx.split(abstract_text_model(config))
-    flat_state = nnx.to_flat_state(state)
-    check_params({_name(p): v.get_value().shape for p, v in flat_state}, flat, "text-tower parameters")
-    for path, var in flat_state:
-        value = flat[_name(path)]
-        var.set_value(value if isinstance(value, jax.Array) else np.asarray(value, dtype=np.float32))
-    return nnx.merge(graphdef, nnx.from_flat_state(flat_state))
-
-
-def text_flat_params(model: SiglipTextModel) -> dict[str, jax.Array]:
-    return {_name(p): v.get_value() for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return module_from_flat(abstract_text_model(config), flat, "text-tower parameters")
 
 
 def text_from_state(state: Mapping[str, np.ndarray], prefix: str, config: SiglipTextConfig | None = None,
@@ -305,15 +228,11 @@ def load_text_model(path, num_heads: int | None = None, config: SiglipTextConfig
     p = pathlib.Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such text-tower checkpoint")
-    from safetensors.numpy import load_file
-
     if p.is_file():
         state = load_file(str(p))
     elif (p / "pretrain_extras.safetensors").is_file():
         state = load_file(str(p / "pretrain_extras.safetensors"))
     elif (p / "config.json").is_file():
-        from streamformer_jax.convert.pretrain import read_safetensors_dir
-
         if config is None:
             config = SiglipTextConfig.from_hf_dict(json.loads((p / "config.json").read_text()))
         state = read_safetensors_dir(p)

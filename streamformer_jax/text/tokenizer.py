@@ -19,6 +19,8 @@ import string
 from typing import Sequence
 
 import numpy as np
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
 SPIECE_UNDERLINE = "\u2581"
 VOCAB_FILE = "spiece.model"
@@ -42,11 +44,6 @@ class SiglipTokenizer:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: SigLIP tokenizer file not found (expected a SentencePiece "
                                     f"`{VOCAB_FILE}`)")
-        try:
-            import sentencepiece as spm
-            from sentencepiece import sentencepiece_model_pb2
-        except ImportError:  # pragma: no cover
-            raise ImportError("the SigLIP tokenizer needs `sentencepiece` (pip install sentencepiece==0.2.1)") from None
         proto = sentencepiece_model_pb2.ModelProto()
         try:
             proto.ParseFromString(p.read_bytes())

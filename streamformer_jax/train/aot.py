@@ -7,9 +7,9 @@ r"""Compile the real training and streaming steps for a TPU slice on a machine w
 
 Needs libtpu (`pip install 'streamformer_jax[tpu]'`): XLA's TPU compiler runs on the CPU against the compile-only
 devices of the topology. Nothing is materialised: the state, batch and text arrays are ShapeDtypeStructs with
-the trainer's shardings, and the model is built shape-only through the trainer's own code (`Trainer`, its
-shardings and masks, `micro_step_fn` / `apply_step`), on a mesh made by `loop.make_mesh` over the topology's
-devices.
+the trainer's shardings. The mesh, the model and the trainer come from `train`'s own start-up phases
+(`loop.Setup`: `sharding.make_mesh` over the topology's devices, `ModelSettings` -> the model kind's builder,
+shape-only, -> `step.Trainer` with its shardings, masks, `micro_step_fn` and `apply_step`).
 
 Training report (JSON; every figure per device):
   {"topology", "device_kind", "num_devices", "mesh": {axis: size}, "config": {...},
@@ -37,8 +37,8 @@ Training report (JSON; every figure per device):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import pathlib
 import re
 import sys
@@ -48,9 +48,17 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from streamformer_jax.train import compiled_stats, flops as flops_lib
+from streamformer_jax import cli, sharding
+from streamformer_jax.models import streaming
+from streamformer_jax.models.streamformer import abstract_model, normalize_pixels
+from streamformer_jax.tasks import registry
+from streamformer_jax.text.model import SiglipTextConfig
+from streamformer_jax.train import compiled_stats, flops as flops_lib, loop
+from streamformer_jax.train.multitask_kind import random_tower_config
+from streamformer_jax.train.task_model import ModelSettings
 from streamformer_jax.train.tpu_chips import TopologyError, chip_for, topology_devices
 
 # Label-set sizes of the original mixture (spec §5.1); only the shapes of the label-embedding tables matter here.
@@ -80,49 +88,30 @@ def _with_sharding(tree, sharding):
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def text_tower_config(config):
-    """The frozen text tower's architecture: from the config's text checkpoint or init directory when one is
-    readable, else SigLIP-B/16's (the recipe's) for a 768-wide backbone, else the config's random tower."""
-    from streamformer_jax.text.model import SiglipTextConfig
-
-    for source in (config.text.get("checkpoint", ""), config.model.get("init", "")):
+def text_tower_config(settings: ModelSettings) -> SiglipTextConfig:
+    """The frozen text tower's architecture: from the text checkpoint or init directory when one is readable,
+    else SigLIP-B/16's (the recipe's) for a 768-wide backbone, else the config's random tower."""
+    for source in (settings.text.get("checkpoint", ""), settings.init):
         path = pathlib.Path(source) / "config.json" if source else None
         if path is not None and path.is_file():
             try:
                 return SiglipTextConfig.from_hf_dict(json.loads(path.read_text()))
             except (ValueError, TypeError, KeyError):
                 pass
-    width = int(config.model.overrides.hidden_size)
-    if width == 768:
+    if settings.backbone.hidden_size == 768:
         return SiglipTextConfig()  # SigLIP base: 12 layers, 768 wide, vocab 32000, 64 positions
-    r = config.text.random
-    d = r.hidden_size or width
-    return SiglipTextConfig(vocab_size=r.vocab_size, hidden_size=d, intermediate_size=r.mlp_size or 2 * d,
-                            num_hidden_layers=r.num_layers, num_attention_heads=r.num_heads,
-                            max_position_embeddings=config.text.max_length, projection_size=width)
-
-
-def run_tasks(config) -> list[str]:
-    from streamformer_jax.train.multitask import TASKS
-
-    if config.get("tasks"):
-        chosen = [t.strip() for t in config.tasks.split(",") if t.strip()]
-        unknown = sorted(set(chosen) - set(TASKS))
-        if unknown:
-            raise AotError(f"--config.tasks: unknown tasks {unknown}; known: {list(TASKS)}")
-        return chosen
-    weights = dict(config.data.get("task_weights", {}) or {})
-    return [t for t in TASKS if not weights or weights.get(t, 0) > 0]
+    return random_tower_config(settings)
 
 
 def abstract_batch(config, task: str, mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    """The device batch the trainer gets for `task` (the data pipeline's fields, `data_pipelines.pipeline.tasks`,
-    plus the tokenised captions), as ShapeDtypeStructs split over the batch axes."""
-    arch = config.model.overrides
-    b, t, s, p = int(config.micro_batch_size), int(arch.num_frames), int(arch.image_size), int(arch.patch_size)
+    """The device batch the trainer gets for `task` (the fields of `data_pipelines.pipeline.transforms` plus the
+    tokenised captions), as ShapeDtypeStructs split over the run's batch axes (`loop.data_config`)."""
+    data = loop.data_config(config, pathlib.Path("."))  # the clip shape and batch axes of the run; reads nothing
+    b, t, s, p = int(data.global_batch_size), int(data.num_frames), int(data.image_size), \
+        int(config.model.overrides.patch_size)
     fields = {"video": ((b, t, s, s, 3), jnp.uint8), "frame_index": ((b, t), jnp.int32),
               "timestamps": ((b, t), jnp.float32)}
-    fields.update({
+    per_task = {
         "kinetics": {"label": ((b,), jnp.int32)},
         "ssv2": {"label": ((b,), jnp.int32)},
         "retrieval": {"caption_ids": ((b, int(config.text.max_length)), jnp.int32)},
@@ -130,10 +119,13 @@ def abstract_batch(config, task: str, mesh) -> dict[str, jax.ShapeDtypeStruct]:
                       "duration": ((b,), jnp.float32)},
         "localization": {"label": ((b, t), jnp.int32), "duration": ((b,), jnp.float32)},
         "vis": {"mask": ((b, t, s // p, s // p), jnp.int32)},
-    }[task])
-    axes = tuple(config.data.get("data_axes", ("data", "fsdp")))
-    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, PartitionSpec(axes)))
-            for k, (shape, dtype) in fields.items()}
+    }
+    if task not in per_task:
+        raise AotError(f"task {task!r}: its batch fields are not known here (streamformer_jax.train.aot."
+                       f"abstract_batch knows {sorted(per_task)})")
+    fields.update(per_task[task])
+    split = sharding.batch_sharding(mesh, axes=data.data_axes)
+    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=split) for k, (shape, dtype) in fields.items()}
 
 
 def _compile(fn, *args) -> tuple[Any, float, str | None]:
@@ -200,37 +192,51 @@ def _combine(steps: Mapping[str, dict], tasks: list[str], accum: int, analytic_s
 
 
 # ------------------------------------------------------------------------------------------------- training
-def build(config, devices, class_counts: Mapping[str, int] | None = None):
-    """(trainer, task model, mesh) for `config` over `devices`, shape-only, through the trainer's own code."""
-    from streamformer_jax.train import loop
-    from streamformer_jax.train.model import build_task_model
+class CompileSetup(loop.Setup):
+    """`train`'s start-up phases that make the mesh, the model and the trainer (`loop.Setup`), over a topology's
+    compile-only devices and shape-only: no run directory, no data read, no parameter values. The run's tasks
+    and their label-set sizes come from the config and `class_counts` instead of the data's metadata."""
 
-    try:
-        mesh = loop.make_mesh(config.mesh, devices)
-    except ValueError as e:
-        raise AotError(f"mesh {dict(config.mesh)}: {e}") from None
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if config.micro_batch_size % shards:
-        raise AotError(f"micro_batch_size {config.micro_batch_size} is not divisible by the data x fsdp mesh axes "
-                       f"({shards} on {len(devices)} devices); use a multiple of {shards}")
-    counts = {**CLASS_COUNTS, **(class_counts or {})}
-    tasks = run_tasks(config)
-    class_names = {t: [f"class_{i}" for i in range(counts.get(t, 0))] for t in tasks}
-    tm = build_task_model(config, class_names, abstract_text=text_tower_config(config))
-    total = int(config.total_steps) if int(config.total_steps) > 0 else 1000
-    try:
-        trainer = loop.make_trainer(config, tm, mesh, config.optim, total)
-    except ValueError as e:
-        raise AotError(f"sharding {config.mesh.rules!r} on mesh {dict(mesh.shape)}: {str(e).splitlines()[0]}") from None
-    flat = jax.tree_util.tree_flatten_with_path(trainer.abstract_state())[0]
-    for path, leaf in flat:  # a parameter dimension that the mesh axis it is split over does not divide
+    def __init__(self, config, devices, class_counts: Mapping[str, int] | None = None):
+        self.config, self.note = config, lambda s: None
+        self.loop = loop.LoopSettings.from_config(config)
         try:
-            leaf.sharding.shard_shape(leaf.shape)
-        except ValueError:
-            name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-            raise AotError(f"{name} {tuple(leaf.shape)} does not divide over the mesh {dict(mesh.shape)} with "
-                           f"sharding {leaf.sharding.spec} (rules {config.mesh.rules!r})") from None
-    return trainer, tm, mesh
+            self.mesh = self._make_mesh(config, devices)
+        except ValueError as e:
+            raise AotError(str(e)) from None  # `train`'s own message (mesh sizes, batch divisibility)
+        try:
+            self.data = loop.data_config(config, pathlib.Path("."))
+        except (ValueError, FileNotFoundError) as e:
+            raise AotError(str(e)) from None
+        weights = dict(self.data.task_weights)
+        self.tasks = [t for t in registry.names() if t in self.data.tasks and (not weights or weights.get(t, 0) > 0)]
+        counts = {**CLASS_COUNTS, **(class_counts or {})}
+        self.meta = {t: {"class_names": [f"class_{i}" for i in range(counts.get(t, 0))]} for t in self.tasks}
+        try:
+            self.total_steps, self.warmup_steps = loop.resolve_schedule(config, self.loop, self.meta)
+        except ValueError as e:
+            raise AotError(str(e)) from None
+        settings = ModelSettings.from_config(config)
+        if settings.kind != "multitask":
+            raise AotError(f"config.model.kind {settings.kind!r}: only the 'multitask' kind is compiled here")
+        settings = dataclasses.replace(settings, abstract_text=text_tower_config(settings))
+        try:
+            self._build_model(config, settings)
+        except ValueError as e:
+            raise AotError(f"sharding {config.mesh.rules!r} on mesh {dict(self.mesh.shape)}: "
+                           f"{str(e).splitlines()[0]}") from None
+        self._check_divisible()
+
+    def _check_divisible(self) -> None:
+        """A parameter dimension that the mesh axis it is split over does not divide: one line naming it."""
+        flat = jax.tree_util.tree_flatten_with_path(self.trainer.abstract_state())[0]
+        for path, leaf in flat:
+            try:
+                leaf.sharding.shard_shape(leaf.shape)
+            except ValueError:
+                name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+                raise AotError(f"{name} {tuple(leaf.shape)} does not divide over the mesh {dict(self.mesh.shape)} "
+                               f"with sharding {leaf.sharding.spec} (rules {self.config.mesh.rules!r})") from None
 
 
 def compile_training(config, topology: str, *, tasks: list[str] | None = None,
@@ -238,11 +244,10 @@ def compile_training(config, topology: str, *, tasks: list[str] | None = None,
                      ) -> dict[str, Any]:
     """Compile every task's micro-step and the update for `topology`; the report described in the module doc.
     include_apply=False leaves the update out (then there is no whole-step estimate)."""
-    from streamformer_jax.train.model import backbone_config
-
     devices = topology_devices(topology)
     chip = chip_for(topology)
-    trainer, tm, mesh = build(config, devices, class_counts)
+    setup = CompileSetup(config, devices, class_counts)
+    trainer, tm, mesh = setup.trainer, setup.tm, setup.mesh
     n = len(devices)
     state = trainer.abstract_state()
     acc = _with_sharding_tree(jax.eval_shape(trainer.init_accumulator), trainer.acc_shardings)
@@ -250,11 +255,14 @@ def compile_training(config, topology: str, *, tasks: list[str] | None = None,
     resident = {"params": tree_bytes(state["params"]), "frozen": tree_bytes(state["frozen"]),
                 "opt": tree_bytes(state["opt"]), "accumulator": tree_bytes(acc), "text": tree_bytes(text or {})}
     resident["total"] = sum(resident.values()) + tree_bytes({"s": state["step"], "r": state["rng"]})
-    bb = backbone_config(config)
+    bb = setup.model.backbone
     per_clip = flops_lib.train_flops_per_clip(bb)
     analytic_micro = per_clip * config.micro_batch_size / n
     capacity = chip.hbm_bytes
-    tasks = tasks or run_tasks(config)
+    unknown = sorted(set(tasks or ()) - set(setup.tasks))
+    if unknown:
+        raise AotError(f"--tasks: {unknown} are not tasks of this run; choose from {setup.tasks}")
+    tasks = tasks or setup.tasks
     steps: dict[str, dict] = {}
     for task in tasks:
         batch = abstract_batch(config, task, mesh)
@@ -285,7 +293,8 @@ def compile_training(config, topology: str, *, tasks: list[str] | None = None,
                        "micro_batch_size": int(config.micro_batch_size), "clips_per_device": config.micro_batch_size / n,
                        "accum_steps": accum, "dtype": config.model.dtype, "tasks": tasks,
                        "num_frames": int(bb.num_frames), "image_size": int(bb.image_size),
-                       "text_tower_layers": text_tower_config(config).num_hidden_layers},
+                       "scan_layers": setup.model.scan_layers,
+                       "text_tower_layers": setup.model.abstract_text.num_hidden_layers},
             "resident": resident, "steps": steps, "fits": all(s.get("fits") for s in steps.values()),
             "estimate": estimate}
 
@@ -308,20 +317,14 @@ def compile_stream(config, topology: str, streams_per_chip: int, *, window: int 
     """`models.streaming.stream_step` for a pool of streams_per_chip x chips streams, data-parallel (parameters
     replicated, caches and frames split over the streams), as `FeatureExtractor` runs it (float32 parameters,
     uint8 frames normalised inside, the cache donated)."""
-    from flax import nnx
-
-    from streamformer_jax.models import streaming
-    from streamformer_jax.models.streamformer import abstract_model, normalize_pixels
-    from streamformer_jax.train.model import backbone_config
-
     devices = topology_devices(topology)
     chip = chip_for(topology)
     n = len(devices)
-    bb = backbone_config(config)
-    mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+    bb = ModelSettings.from_config(config).backbone
+    mesh = sharding.make_mesh(-1, 1, 1, devices=devices)
     model = abstract_model(bb)
     graphdef, state = nnx.split(model)
-    rep = NamedSharding(mesh, PartitionSpec())
+    rep = sharding.replicated(mesh)
     state = _with_sharding(state, rep)
     b = streams_per_chip * n
     size = int(bb.image_size)
@@ -329,7 +332,7 @@ def compile_stream(config, topology: str, streams_per_chip: int, *, window: int 
     by_stream = NamedSharding(mesh, PartitionSpec(None, "data"))
     cache = streaming.StreamCache(*(jax.ShapeDtypeStruct(c.shape, c.dtype, sharding=s) for c, s in
                                     zip(cache, (by_stream, by_stream, rep, rep))))
-    frames = jax.ShapeDtypeStruct((b, size, size, 3), jnp.uint8, sharding=NamedSharding(mesh, PartitionSpec("data")))
+    frames = jax.ShapeDtypeStruct((b, size, size, 3), jnp.uint8, sharding=sharding.batch_sharding(mesh, axes=("data",)))
 
     def step(state, cache, frames):
         return streaming.stream_step(nnx.merge(graphdef, state), cache, normalize_pixels(frames))
@@ -398,9 +401,13 @@ def apply_preset(config, preset: str) -> None:
         config.mesh.rules = preset
 
 
-def main(argv) -> int:
+def main(argv: list[str] | None = None) -> int:
     from absl import flags
 
+    argv = list(sys.argv if argv is None else argv)
+    error = cli.parse_absl_flags(argv)
+    if error:
+        return cli.fail(error)
     FLAGS = flags.FLAGS
     config = FLAGS.config
     out = pathlib.Path(FLAGS.out) if FLAGS.out else None
@@ -413,7 +420,7 @@ def main(argv) -> int:
         if FLAGS.stream:
             header = {"topology": topology, "window": FLAGS.window, "preset": "dp (streams over all chips)"}
             if FLAGS.streams_per_chip:
-                counts = [int(x) for x in FLAGS.streams_per_chip.split(",") if x]
+                counts = _numbers("--streams_per_chip", FLAGS.streams_per_chip)
                 report = {**header, "runs": {str(c): compile_stream(config, topology, c, window=FLAGS.window)
                                              for c in counts}}
             else:
@@ -421,12 +428,14 @@ def main(argv) -> int:
             devices = topology_devices(topology)
             report.update(device_kind=devices[0].device_kind, num_devices=len(devices))
         else:
-            counts = dict((k, int(v)) for k, v in (kv.split("=") for kv in FLAGS.classes.split(",") if kv))
+            try:
+                counts = {k: int(v) for k, v in (kv.split("=") for kv in FLAGS.classes.split(",") if kv)}
+            except ValueError:
+                raise AotError(f"--classes {FLAGS.classes!r}: expected TASK=COUNT[,TASK=COUNT...]") from None
             tasks = [t for t in FLAGS.tasks.split(",") if t] or None
             report = compile_training(config, topology, tasks=tasks, class_counts=counts, log=note)
     except (TopologyError, AotError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return cli.fail(str(e))
     text = json.dumps(report, indent=2, default=float) + "\n"
     if out:
         tmp = out.with_name(out.name + ".tmp")
@@ -437,6 +446,16 @@ def main(argv) -> int:
         sys.stdout.write(text)
     failed = [k for k, s in report.get("steps", {}).items() if "error" in s and s.get("fits") is not False]
     return 1 if failed else 0
+
+
+def _numbers(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise AotError(f"{flag} {text!r}: expected positive integers, comma-separated")
+    return values
 
 
 def _define_flags():
@@ -458,7 +477,5 @@ def _define_flags():
 
 
 if __name__ == "__main__":
-    from absl import app
-
     _define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+    sys.exit(main())

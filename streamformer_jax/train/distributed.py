@@ -9,7 +9,19 @@
 """
 from __future__ import annotations
 
+import glob
 import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+try:  # private: where JAX keeps its preemption service
+    from jax._src import distributed as _jax_distributed
+except ImportError:  # pragma: no cover - private API moved: trust the config flag
+    _jax_distributed = None
 
 
 def _explicit(cfg) -> dict:
@@ -25,8 +37,6 @@ def _explicit(cfg) -> dict:
 
 
 def _auto_cluster() -> bool:
-    import glob
-
     # Cloud TPU VMs (single- or multi-host): initialize() reads the slice's topology from the TPU metadata.
     if any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "TPU_ACCELERATOR_TYPE", "CLOUD_TPU_TASK_ID",
                                      "MEGASCALE_COORDINATOR_ADDRESS")) or glob.glob("/dev/accel*"):
@@ -36,8 +46,6 @@ def _auto_cluster() -> bool:
 
 def maybe_initialize(cfg) -> bool:
     """Initialise jax.distributed when the config/environment asks for it; True if it did."""
-    import jax
-
     if cfg.initialize == "no":
         return False
     if jax.distributed.is_initialized():
@@ -50,26 +58,18 @@ def maybe_initialize(cfg) -> bool:
 
 
 def sync(name: str) -> None:
-    import jax
-
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
 def jax_preemption_service() -> bool:
     """True if this process runs JAX's preemption service (set up by `jax.distributed.initialize` unless
     `jax_enable_preemption_service` is False; TPU pods, SLURM and CPU/gloo alike)."""
-    import jax
-
     if jax.process_count() == 1:
         return False
     try:
-        from jax._src import distributed as jax_distributed
-
-        return jax_distributed.global_state.preemption_sync_manager is not None
-    except (ImportError, AttributeError):  # private API moved: trust the config flag
+        return _jax_distributed.global_state.preemption_sync_manager is not None
+    except AttributeError:  # private API moved: trust the config flag
         return bool(jax.config.jax_enable_preemption_service)
 
 
@@ -100,28 +100,19 @@ class Preemption:
     """
 
     def __init__(self, start_step: int = 0):
-        import jax
-
         self.flag = False
         self._old = None
         self._inflight = None
         self.mode = "signal" if jax.process_count() == 1 else ("jax" if jax_preemption_service() else "gather")
         if self.mode == "jax":
-            from jax.experimental import multihost_utils
-
             # True only if a notice already fixed the sync point at start_step: stop after the first step.
             self.flag = bool(multihost_utils.reached_preemption_sync_point(int(start_step)))
         if self.mode != "jax":
-            import signal
-
             try:
                 self._old = signal.signal(signal.SIGTERM, self._handler)
             except ValueError:  # not the main thread: no handler, no preemption checkpoints
                 self._old = None
         if self.mode == "gather":
-            import jax.numpy as jnp
-            import numpy as np
-
             mesh = jax.sharding.Mesh(np.array(jax.devices()), ("processes",))
             self._flags_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("processes"))
             self._any = jax.jit(jnp.max, out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
@@ -133,12 +124,7 @@ class Preemption:
         if self.mode == "signal":
             return self.flag
         if self.mode == "jax":
-            from jax.experimental import multihost_utils
-
             return bool(multihost_utils.reached_preemption_sync_point(int(step))) or self.flag
-        import jax
-        import numpy as np
-
         local = np.full((jax.local_device_count(),), int(self.flag), np.int32)
         flags = jax.make_array_from_process_local_data(self._flags_sharding, local, (jax.device_count(),))
         previous, self._inflight = self._inflight, self._any(flags)
@@ -146,7 +132,5 @@ class Preemption:
 
     def close(self):
         if self._old is not None:
-            import signal
-
             signal.signal(signal.SIGTERM, self._old)
             self._old = None

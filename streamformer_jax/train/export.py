@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 
-from absl import app, flags
+import ml_collections
+from absl import logging
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training run directory.")
-flags.DEFINE_string("out", "", "Output directory (default: WORKDIR/export).")
-flags.mark_flag_as_required("workdir")
+from streamformer_jax import cli
+from streamformer_jax.train import loop
 
 
 def export(workdir: str | pathlib.Path, out: str | pathlib.Path | None = None) -> pathlib.Path:
-    import ml_collections
-
-    from streamformer_jax.train import loop
-
     workdir = pathlib.Path(workdir)
-    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    try:
+        config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{workdir}: no config.json (not a training run directory)") from None
     with config.unlocked():
         config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
         config.mesh.rules = "dp"
@@ -36,18 +35,19 @@ def export(workdir: str | pathlib.Path, out: str | pathlib.Path | None = None) -
     if restored is None:
         raise FileNotFoundError(f"{workdir}/checkpoints: no usable checkpoint")
     step, state, _ = restored
-    path = loop.export_backbone(config, setup.trainer, state, out or workdir / "export")
+    path = loop.export_backbone(setup.trainer, state, out or workdir / "export")
     print(f"exported step {step} to {path}")
     return path
 
 
-def main(argv):
-    del argv
-    from absl import logging
-
+def main(argv: list[str] | None = None) -> int:
+    p = cli.ArgumentParser(prog="python -m streamformer_jax.train.export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", required=True, help="training run directory")
+    cli.add_out(p, help="output directory (default: WORKDIR/export)", required=False, metavar="DIR")
+    args = p.parse_args(argv)
     logging.set_verbosity(logging.WARNING)
-    export(FLAGS.workdir, FLAGS.out or None)
+    return cli.run(lambda: export(args.workdir, args.out) and 0)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""Analytic FLOPs of the StreamFormer backbone and MFU (MaxText's accounting, spec/design §7).
+"""Analytic FLOPs of the StreamFormer backbone and MFU (MaxText's accounting, spec/design §7), and the measured
+matmul peak the benchmarks compare against.
 
 Model FLOPs per clip per training step = 3 x forward FLOPs, counting every matmul (patch embedding, temporal and
 spatial qkv/out, the temporal D->D map, spatial LoRA, MLP, MAP head) and the attention score/context products
@@ -7,6 +8,12 @@ Rematerialisation is not counted (model FLOPs, not hardware FLOPs). Task heads a
 ViT-B/16, 16 x 224²: 801.6 GFLOP forward, about 2.40 TFLOP per clip per step.
 """
 from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from streamformer_jax.models.config import StreamFormerConfig
 
@@ -55,3 +62,18 @@ def peak_tflops(device_kind: str, override: float = 0.0) -> float | None:
         if key in kind:
             return value
     return None
+
+
+def matmul_peak_gflops(dtype=jnp.float32, n: int = 4096, repeats: int = 5) -> float:
+    """This machine's measured matmul peak in GFLOP/s: the best of `repeats` timed [n, n] x [n, n] `jnp.dot`s
+    (compiled and run once first). The benchmarks report their speed against it, measured in the same run."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
+    b = jnp.asarray(np.random.default_rng(1).standard_normal((n, n)), dtype)
+    dot = jax.jit(jnp.dot)
+    jax.block_until_ready(dot(a, b))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(dot(a, b))
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9

@@ -1,14 +1,19 @@
-"""The training loop: distributed start-up -> mesh -> data -> model/optimiser -> restore or init -> steps.
+"""The training loop, in named phases: start-up (distributed, run directory, mesh) -> data -> model and optimiser
+-> restore or initialise -> optimizer steps (`StepLoop`) -> export.
 
 One optimizer step = `accum_steps` task-pure micro-batches (one task each, in the mixture's cycle order), their
 gradients summed in float32 and averaged, then one AdamW update. Everything is deterministic in (config, step):
 the data iterator is a pure function of the micro-batch index and the RNG is folded with the step, so a run
 stopped and resumed from a checkpoint continues exactly as an uninterrupted one.
+
+The config is read once, in `Setup`: the model part becomes a `ModelSettings`, the loop part a `LoopSettings`,
+the data part the pipeline config of the run; each builder gets only its part.
 """
 from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import json
 import pathlib
 from typing import Any, Callable, Mapping
@@ -17,34 +22,47 @@ import jax
 import ml_collections
 import numpy as np
 
-from streamformer_jax import sharding as sharding_lib
+from data_pipelines.pipeline import loader, mixture
+from streamformer_jax import sharding
+from streamformer_jax.checkpoint import save_checkpoint
+from streamformer_jax.param_tree import flatten
 from streamformer_jax.train import distributed, flops as flops_lib
-from streamformer_jax.train.checkpointing import Checkpointer
 from streamformer_jax.train.metrics import MetricWriter, StepTimer
-from streamformer_jax.train.model import backbone_config, build_task_model
-from streamformer_jax.train.optim import make_optimizer
+from streamformer_jax.train.model_kinds import build_task_model
+from streamformer_jax.train.state_checkpoints import Checkpointer
 from streamformer_jax.train.step import Trainer, device_batch
+from streamformer_jax.train.task_model import ModelSettings
+
+try:  # JAX's persistent-cache module is private; without it the cache applies from the next process on
+    from jax._src import compilation_cache as _compilation_cache
+except ImportError:  # pragma: no cover - private API moved
+    _compilation_cache = None
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient norm became NaN/inf; the update was not applied."""
 
 
-# ------------------------------------------------------------------------------------------------- mesh
-def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
-    """(data, fsdp, tensor) over all devices (or `devices`, e.g. a TPU topology's compile-only devices); at most
-    one axis may be -1 (takes the remaining devices)."""
-    sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp), int(mesh_cfg.tensor)]
-    devices = jax.devices() if devices is None else list(devices)
-    n = len(devices)
-    if sizes.count(-1) > 1:
-        raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
-    if -1 in sizes:
-        known = int(np.prod([s for s in sizes if s != -1]))
-        if n % known:
-            raise ValueError(f"{n} devices cannot be split into a mesh of {sizes}")
-        sizes[sizes.index(-1)] = n // known
-    return sharding_lib.make_mesh(*sizes, devices=devices)
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    """The step-loop part of a training config, derived once."""
+
+    micro_batch_size: int
+    accum_steps: int
+    log_every: int
+    progress_bar: bool
+    peak_tflops_per_device: float
+    seed: int
+
+    @classmethod
+    def from_config(cls, config) -> "LoopSettings":
+        return cls(micro_batch_size=int(config.micro_batch_size), accum_steps=int(config.accum_steps),
+                   log_every=int(config.log_every), progress_bar=bool(config.progress_bar),
+                   peak_tflops_per_device=float(config.peak_tflops_per_device), seed=int(config.seed))
+
+    @property
+    def clips_per_step(self) -> int:
+        return self.micro_batch_size * self.accum_steps
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -85,8 +103,6 @@ def data_config(config, workdir: pathlib.Path) -> ml_collections.ConfigDict:
 
 
 def task_directories(data) -> dict[str, pathlib.Path]:
-    from data_pipelines.pipeline import loader
-
     if data.get("builtin_dir"):
         # Process 0 builds the built-in dataset first so that local processes do not race on it.
         if jax.process_index() == 0:
@@ -99,43 +115,29 @@ def read_metadata(dirs: Mapping[str, pathlib.Path]) -> dict[str, dict]:
     return {task: json.loads((d / "metadata.json").read_text()) for task, d in dirs.items()}
 
 
-def steps_per_epoch(config, meta: Mapping[str, dict]) -> int:
-    from data_pipelines.pipeline import mixture
-
+def steps_per_epoch(loop: LoopSettings, balance_scale: float, meta: Mapping[str, dict]) -> int:
     sizes = {t: int(m.get("num_examples", 0)) for t, m in meta.items() if m.get("num_examples")}
-    clips = sum(mixture.balanced_sizes(sizes, config.data.balance_scale).values()) if sizes else 0
-    return max(1, clips // (config.micro_batch_size * config.accum_steps))
+    clips = sum(mixture.balanced_sizes(sizes, balance_scale).values()) if sizes else 0
+    return max(1, clips // loop.clips_per_step)
 
 
-def resolve_schedule(config, meta) -> tuple[int, int]:
-    """(total_steps, warmup_steps) in optimizer steps."""
+def resolve_schedule(config, loop: LoopSettings, meta) -> tuple[int, int]:
+    """(total_steps, warmup_steps) in optimizer steps (an epoch: `meta`'s clips, balanced, / clips per step)."""
     per_epoch = None
     total = int(config.total_steps)
     if total < 0:
         if config.epochs <= 0:
             raise ValueError("set --config.total_steps=N (or total_steps=-1 with epochs > 0)")
-        per_epoch = steps_per_epoch(config, meta)
+        per_epoch = steps_per_epoch(loop, config.data.balance_scale, meta)
         total = int(round(config.epochs * per_epoch))
     warmup = int(config.optim.warmup_steps)
     if config.optim.get("warmup_epochs", 0.0):
-        per_epoch = per_epoch or steps_per_epoch(config, meta)
+        per_epoch = per_epoch or steps_per_epoch(loop, config.data.balance_scale, meta)
         warmup = int(round(config.optim.warmup_epochs * per_epoch))
     return total, warmup
 
 
 # ------------------------------------------------------------------------------------------------- misc
-def make_trainer(config, tm, mesh, optim, total_steps: int) -> Trainer:
-    from streamformer_jax.checkpoint import nest
-    from streamformer_jax.train.model import ModelDef
-    from streamformer_jax.train.step import split_names
-
-    trainable_names, _ = split_names(tm, ModelDef(tm.model))
-    decay = nest({n: bool(tm.decay(n)) for n in trainable_names})
-    tx, schedule = make_optimizer(optim, total_steps, decay)
-    return Trainer(tm, tx, schedule, mesh, rules=config.mesh.rules, remat=config.model.remat_policy,
-                   scan_layers=bool(config.model.get("scan_layers", False)))
-
-
 def enable_compilation_cache(path: str) -> None:
     """JAX's persistent compilation cache: a restarted (preempted) run skips recompiling its steps."""
     if not path:
@@ -143,35 +145,20 @@ def enable_compilation_cache(path: str) -> None:
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    try:  # the cache is set up at the first compilation; make it re-read the settings
-        from jax._src import compilation_cache
-
-        compilation_cache.reset_cache()
-    except Exception:  # noqa: BLE001 - private API; the cache then applies from the next process on
-        pass
+    if _compilation_cache is not None:  # the cache is set up at the first compilation; make it re-read the settings
+        _compilation_cache.reset_cache()
 
 
-def replicate(tree, mesh):
-    sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-    def put(x):
-        x = np.asarray(x)
-        return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
-
-    return jax.tree_util.tree_map(put, tree)
-
-
-def export_backbone(config, trainer: Trainer, state: dict, out: str | pathlib.Path) -> pathlib.Path:
+def export_backbone(trainer: Trainer, state: dict, out: str | pathlib.Path) -> pathlib.Path:
     """Write the trained backbone in this project's checkpoint format (`streamformer_jax.checkpoint`), the input
-    of `python -m streamformer_jax.extract --checkpoint OUT` and of `FeatureExtractor.from_checkpoint(OUT)`."""
-    from streamformer_jax.checkpoint import flatten, save_checkpoint
-
+    of `python -m streamformer_jax.extract --checkpoint OUT` and of `FeatureExtractor.from_checkpoint(OUT)`, plus
+    what the model kind exports beside it (e.g. the classifier head)."""
     flat = {**flatten(jax.device_get(state["params"])), **flatten(jax.device_get(state["frozen"]))}
     backbone = {k[len("backbone."):]: np.asarray(v) for k, v in flat.items() if k.startswith("backbone.")}
-    bb = backbone_config(config).replace(dtype="float32")
+    bb = trainer.tm.backbone.replace(dtype="float32")
     path = save_checkpoint(out, bb, backbone, extra={"source": "streamformer_jax.train",
                                                      "step": int(jax.device_get(state["step"]))})
-    if trainer.tm.export is not None:  # e.g. the classifier head beside the backbone
+    if trainer.tm.export is not None:
         trainer.tm.export(flat, path)
     return path
 
@@ -186,50 +173,166 @@ class Setup:
     """Everything a run needs before its first step (also used by tools that only restore)."""
 
     def __init__(self, config, workdir: str | pathlib.Path, log: Callable[[str], None] | None = None):
-        # ---- 1. distributed start-up and run directory
-        distributed.maybe_initialize(config.distributed)
-        enable_compilation_cache(config.get("compilation_cache_dir", ""))
         self.config = config
-        self.workdir = workdir = pathlib.Path(workdir).absolute()
-        if jax.process_index() == 0:
-            workdir.mkdir(parents=True, exist_ok=True)
-        distributed.sync("workdir")
-        self.note = log or (lambda s: print(s, flush=True) if jax.process_index() == 0 else None)
-
-        # ---- 2. mesh
-        self.mesh = mesh = make_mesh(config.mesh)
-        n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-        if config.micro_batch_size % n_batch_shards:
-            raise ValueError(f"micro_batch_size {config.micro_batch_size} is not divisible by the data x fsdp mesh "
-                             f"axes ({n_batch_shards})")
-
-        # ---- 3. data
-        self.data = data_config(config, workdir)
-        self.meta = read_metadata(task_directories(self.data))
-        class_names = {t: list(m.get("class_names", [])) for t, m in self.meta.items()}
-        # An epoch counts the tasks this run trains on (the built-in dataset always holds all six).
-        weights = dict(self.data.task_weights)
-        in_run = {t: m for t, m in self.meta.items() if not weights or weights.get(t, 0) > 0}
-        self.total_steps, warmup_steps = resolve_schedule(config, in_run)
-
-        # ---- 4. model and optimiser
-        self.tm = build_task_model(config, class_names)
-        optim = copy.deepcopy(config.optim)
-        with optim.unlocked():
-            optim.warmup_steps = warmup_steps
-        self.trainer = make_trainer(config, self.tm, mesh, optim, self.total_steps)
-        self.ckpt = Checkpointer(workdir / "checkpoints", every_steps=config.checkpoint.every_steps,
+        self._start_up(config, workdir, log)
+        self.mesh = self._make_mesh(config)
+        self._load_data(config)
+        self._build_model(config)
+        self.ckpt = Checkpointer(self.workdir / "checkpoints", every_steps=config.checkpoint.every_steps,
                                  keep=config.checkpoint.keep, async_save=config.checkpoint.async_save,
                                  report=self.note)
 
+    def _start_up(self, config, workdir, log) -> None:
+        """Phase 1: distributed start-up, compilation cache, run directory."""
+        distributed.maybe_initialize(config.distributed)
+        enable_compilation_cache(config.get("compilation_cache_dir", ""))
+        self.workdir = pathlib.Path(workdir).absolute()
+        if jax.process_index() == 0:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        distributed.sync("workdir")
+        self.note = log or (lambda s: print(s, flush=True) if jax.process_index() == 0 else None)
+        self.loop = LoopSettings.from_config(config)
+
+    def _make_mesh(self, config, devices=None) -> jax.sharding.Mesh:
+        """Phase 2: the (data, fsdp, tensor) mesh over all devices (or `devices`); the micro-batch must split over
+        its batch axes."""
+        mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
+        n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        if self.loop.micro_batch_size % n_batch_shards:
+            raise ValueError(f"micro_batch_size {self.loop.micro_batch_size} is not divisible by the data x fsdp "
+                             f"mesh axes ({n_batch_shards})")
+        return mesh
+
+    def _load_data(self, config) -> None:
+        """Phase 3: the run's pipeline config, its task directories' metadata, and the schedule's length."""
+        self.data = data_config(config, self.workdir)
+        self.meta = read_metadata(task_directories(self.data))
+        # An epoch counts the tasks this run trains on (the built-in dataset always holds every task).
+        weights = dict(self.data.task_weights)
+        in_run = {t: m for t, m in self.meta.items() if not weights or weights.get(t, 0) > 0}
+        self.total_steps, self.warmup_steps = resolve_schedule(config, self.loop, in_run)
+
+    def _build_model(self, config, model: ModelSettings | None = None) -> None:
+        """Phase 4: the model (its kind's builder) and the trainer (optimiser, shardings, compiled steps).
+        model: settings to build instead of the config's (a shape-only model for `train.aot`)."""
+        self.model = model or ModelSettings.from_config(config)
+        class_names = {t: list(m.get("class_names", [])) for t, m in self.meta.items()}
+        self.tm = build_task_model(self.model, class_names)
+        optim = copy.deepcopy(config.optim)
+        with optim.unlocked():
+            optim.warmup_steps = self.warmup_steps
+        self.trainer = Trainer(self.tm, optim, self.total_steps, self.mesh, rules=config.mesh.rules,
+                               remat=self.model.remat_policy, scan_layers=self.model.scan_layers)
+
     def restore_or_init(self) -> tuple[int, dict, dict]:
-        """(step, state, data-iterator state) from the newest good checkpoint, or a fresh initial state."""
+        """Phase 5: (step, state, data-iterator state) from the newest good checkpoint, or a fresh state."""
         restored = self.ckpt.restore_latest(self.trainer.abstract_state())
         if restored is not None:
             step, state, data_state = restored
             self.note(f"resumed from {self.ckpt.directory / str(step)} (step {step})")
             return step, state, data_state
-        return 0, self.trainer.init_state(self.config.seed), {"next_batch": 0}
+        return 0, self.trainer.init_state(self.loop.seed), {"next_batch": 0}
+
+
+# ------------------------------------------------------------------------------------------------- steps
+class StepLoop:
+    """Phase 6: optimizer steps until the end of the run, a preemption or `stop_at`, with logging and
+    checkpoints. A step's finiteness is checked one step late (keeps dispatch asynchronous), and always before
+    a log line or a checkpoint."""
+
+    def __init__(self, setup: Setup, it, preempt: distributed.Preemption, *, stop_at: int | None,
+                 batch_hook: Callable[[int, dict], dict] | None, state_hook: Callable[[int, dict], dict] | None):
+        self.setup, self.it, self.preempt = setup, it, preempt
+        self.stop_at, self.batch_hook, self.state_hook = stop_at, batch_hook, state_hook
+        self.text = sharding.replicate(setup.tm.text, setup.mesh) if setup.tm.text is not None else None
+        self.step_flops = flops_lib.train_flops_per_clip(
+            setup.tm.backbone, num_frames=setup.data.num_frames, image_size=setup.data.image_size
+        ) * setup.loop.clips_per_step
+        self.peak = flops_lib.peak_tflops(jax.devices()[0].device_kind, setup.loop.peak_tflops_per_device)
+        self.timer = StepTimer()
+        self.micro_log: list[tuple[str, dict]] = []
+        self.step_log: list[dict] = []
+        self.losses: list[float] = []
+        self.pending = None  # (step, metrics) of the last step, not yet checked
+
+    def run(self, step: int, state: dict, writer: MetricWriter) -> tuple[int, dict, str]:
+        """-> (last step, state, "done" | "preempted")."""
+        setup, first_step = self.setup, step
+        acc = setup.trainer.init_accumulator()
+        while step < setup.total_steps:
+            state, acc, metrics = self.optimizer_step(step, state, acc)
+            step += 1
+            self._check_previous((step, metrics))
+            writer.advance()
+            if step == first_step + 1:
+                jax.block_until_ready(metrics)  # the first step compiles: time from here on
+                self.timer.start()
+            else:
+                self.timer.tick()
+            last = step >= setup.total_steps
+            stop_now = self.preempt.reached(step) or (self.stop_at is not None and step >= self.stop_at)
+            do_log = step % setup.loop.log_every == 0 or last
+            will_save = last or stop_now or step % setup.ckpt.every_steps == 0
+            if do_log or will_save:
+                self.check_pending()
+            if do_log:
+                self._log(step, writer)
+            if will_save:
+                setup.ckpt.save(step, state, self.it.get_state(), force=last or stop_now)
+            if stop_now and not last:
+                writer.note(f"stopping at step {step}: checkpoint saved to {setup.ckpt.directory / str(step)}")
+                return step, state, "preempted"
+        self.check_pending()
+        return step, state, "done"
+
+    def optimizer_step(self, step: int, state: dict, acc: dict) -> tuple[dict, dict, dict]:
+        """`accum_steps` micro-batches, then the update."""
+        setup = self.setup
+        if self.state_hook is not None:
+            state = self.state_hook(step, state)
+        for _ in range(setup.loop.accum_steps):
+            batch = next(self.it)
+            task = batch["task"]
+            if setup.tm.prepare_batch is not None:
+                extra = setup.tm.prepare_batch(batch)
+                batch = {**batch, **loader.to_global_batch(extra, setup.mesh, setup.data.data_axes)}
+            if self.batch_hook is not None:
+                batch = self.batch_hook(step, batch)
+            acc, m = setup.trainer.micro_step(state, acc, device_batch(batch), self.text, task)
+            self.micro_log.append((task, m))
+        state, acc, metrics = setup.trainer.apply_step(state, acc)
+        self.step_log.append(metrics)
+        return state, acc, metrics
+
+    def _check_previous(self, item: tuple[int, dict]) -> None:
+        self.check_pending()
+        self.pending = item
+
+    def check_pending(self) -> None:
+        if self.pending is None:
+            return
+        s, m = self.pending
+        self.pending = None
+        if not bool(jax.device_get(m["finite"])):
+            latest = self.setup.ckpt.latest_step()
+            raise NonFiniteLossError(
+                f"step {s}: loss {float(m['loss'])} / gradient norm {float(m['grad_norm'])} is not finite; the update "
+                f"was not applied and training stops. The last good checkpoint is "
+                f"{self.setup.ckpt.directory / str(latest) if latest is not None else '(none)'}.")
+
+    def _log(self, step: int, writer: MetricWriter) -> None:
+        loop = self.setup.loop
+        row = _summarise(self.step_log, self.micro_log)
+        self.losses.append(row["loss"])
+        dt = self.timer.read()
+        if dt:
+            row.update(steps_per_sec=1 / dt, clips_per_sec=loop.clips_per_step / dt,
+                       tflops_per_device=self.step_flops / dt / jax.device_count() / 1e12)
+            if self.peak:
+                row["mfu"] = row["tflops_per_device"] / self.peak
+        row.update(clips_seen=step * loop.clips_per_step, progress=step / max(self.setup.total_steps, 1))
+        writer.write(step, row)
+        self.step_log, self.micro_log = [], []
 
 
 # ------------------------------------------------------------------------------------------------- train
@@ -244,119 +347,33 @@ def train(config, workdir: str | pathlib.Path, *, stop_at: int | None = None,
     micro-batches (tests: SIGTERM, NaN injection).
     """
     setup = Setup(config, workdir, log)
-    mesh, data, tm, trainer, ckpt = setup.mesh, setup.data, setup.tm, setup.trainer, setup.ckpt
-    total_steps, writer_note, workdir = setup.total_steps, setup.note, setup.workdir
-
     # SIGTERM -> all processes stop after the same step (see its doc). Made before the restore and the first step's
     # compilation; it registers the latest checkpoint's step (>= the step restored) with JAX's preemption service.
-    preempt = distributed.Preemption(start_step=ckpt.latest_step() or 0)
-
-    # ---- 5. restore or initialise
+    preempt = distributed.Preemption(start_step=setup.ckpt.latest_step() or 0)
     step, state, data_state = setup.restore_or_init()
-    _write_config(workdir, config)
-    if step >= total_steps:
-        writer_note(f"nothing to do: checkpoint step {step} >= total_steps {total_steps}")
-        ckpt.close()
+    _write_config(setup.workdir, config)
+    summary = {"step": step, "total_steps": setup.total_steps, "stopped": "done", "losses": [], "state": state,
+               "trainer": setup.trainer}
+    if step >= setup.total_steps:
+        setup.note(f"nothing to do: checkpoint step {step} >= total_steps {setup.total_steps}")
+        setup.ckpt.close()
         preempt.close()
-        return {"step": step, "total_steps": total_steps, "stopped": "done", "losses": [], "state": state,
-                "trainer": trainer}
-
-    from data_pipelines.pipeline import loader
-
-    it = loader.make_train_iterator(data, mesh=mesh, start=int(data_state["next_batch"]))
-    text = replicate(tm.text, mesh) if tm.text is not None else None
-    accum = int(config.accum_steps)
-    clips_per_step = config.micro_batch_size * accum
-    bb = backbone_config(config)
-    step_flops = flops_lib.train_flops_per_clip(bb, num_frames=data.num_frames, image_size=data.image_size) \
-        * clips_per_step
-    peak = flops_lib.peak_tflops(jax.devices()[0].device_kind, config.peak_tflops_per_device)
-
-    # ---- 6. loop
-    writer = MetricWriter(workdir, total_steps=total_steps, start_step=step,
-                          progress_bar=config.progress_bar and jax.process_index() == 0)
-    timer = StepTimer()
-    acc = trainer.init_accumulator()
-    micro_log: list[tuple[str, dict]] = []
-    step_log: list[dict] = []
-    losses: list[float] = []
-    pending = None  # (step, metrics) of the last step, checked one step late (keeps dispatch asynchronous)
-    stopped = "done"
-    first_step = step
-
-    def check(item):
-        s, m = item
-        if not bool(jax.device_get(m["finite"])):
-            latest = ckpt.latest_step()
-            raise NonFiniteLossError(
-                f"step {s}: loss {float(m['loss'])} / gradient norm {float(m['grad_norm'])} is not finite; the update "
-                f"was not applied and training stops. The last good checkpoint is "
-                f"{ckpt.directory / str(latest) if latest is not None else '(none)'}.")
-
+        return summary
+    it = loader.make_train_iterator(setup.data, mesh=setup.mesh, start=int(data_state["next_batch"]))
+    writer = MetricWriter(setup.workdir, total_steps=setup.total_steps, start_step=step,
+                          progress_bar=setup.loop.progress_bar and jax.process_index() == 0)
+    steps = StepLoop(setup, it, preempt, stop_at=stop_at, batch_hook=batch_hook, state_hook=state_hook)
     try:
-        while step < total_steps:
-            if state_hook is not None:
-                state = state_hook(step, state)
-            for _ in range(accum):
-                batch = next(it)
-                task = batch["task"]
-                if tm.prepare_batch is not None:
-                    extra = tm.prepare_batch(batch)
-                    batch = {**batch, **loader.to_global_batch(extra, mesh, data.data_axes)}
-                if batch_hook is not None:
-                    batch = batch_hook(step, batch)
-                acc, m = trainer.micro_step(state, acc, device_batch(batch), text, task)
-                micro_log.append((task, m))
-            state, acc, m = trainer.apply_step(state, acc)
-            step += 1
-            if pending is not None:
-                check(pending)
-            pending = (step, m)
-            step_log.append(m)
-            writer.advance()
-            if step == first_step + 1:
-                jax.block_until_ready(m)  # the first step compiles: time from here on
-                timer.start()
-            else:
-                timer.tick()
-            last = step >= total_steps
-            do_log = step % config.log_every == 0 or last
-            preempted = preempt.reached(step)  # every step, on every process (a collective in some modes)
-            stop_now = preempted or (stop_at is not None and step >= stop_at)
-            will_save = last or stop_now or (step % ckpt.every_steps == 0)
-            if do_log or will_save:
-                check(pending)
-                pending = None
-            if do_log:
-                row = _summarise(step_log, micro_log)
-                losses.append(row["loss"])
-                dt = timer.read()
-                if dt:
-                    row.update(steps_per_sec=1 / dt, clips_per_sec=clips_per_step / dt,
-                               tflops_per_device=step_flops / dt / jax.device_count() / 1e12)
-                    if peak:
-                        row["mfu"] = row["tflops_per_device"] / peak
-                row.update(clips_seen=step * clips_per_step, progress=step / max(total_steps, 1))
-                writer.write(step, row)
-                step_log, micro_log = [], []
-            if will_save:
-                ckpt.save(step, state, it.get_state(), force=last or stop_now)
-            if stop_now and not last:
-                stopped = "preempted"
-                writer.note(f"stopping at step {step}: checkpoint saved to {ckpt.directory / str(step)}")
-                break
-        if pending is not None:
-            check(pending)
-        if stopped == "done" and jax.process_count() == 1:
-            out = export_backbone(config, trainer, state, workdir / "export")
+        step, state, stopped = steps.run(step, state, writer)
+        if stopped == "done" and jax.process_count() == 1:  # phase 7
+            out = export_backbone(setup.trainer, state, setup.workdir / "export")
             writer.note(f"backbone exported to {out} (python -m streamformer_jax.extract --checkpoint {out} ...)")
     finally:
         writer.close()
-        ckpt.close()  # waits for the (preemption) checkpoint to be committed
+        setup.ckpt.close()  # waits for the (preemption) checkpoint to be committed
         it.close()
         preempt.close()  # only now: a second SIGTERM during the final save must not kill the process
-    return {"step": step, "total_steps": total_steps, "stopped": stopped, "losses": losses, "state": state,
-            "trainer": trainer}
+    return {**summary, "step": step, "stopped": stopped, "losses": steps.losses, "state": state}
 
 
 def _summarise(step_log: list[dict], micro_log: list[tuple[str, dict]]) -> dict[str, float]:

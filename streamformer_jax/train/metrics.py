@@ -9,6 +9,9 @@ import time
 from typing import Mapping
 
 import jax
+import numpy as np
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
 
 
 class MetricWriter:
@@ -22,12 +25,8 @@ class MetricWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", buffering=1)
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
             self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
         if progress_bar:
-            from tqdm import tqdm
-
             self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                              smoothing=0.1)
 
@@ -68,8 +67,6 @@ class MetricWriter:
 
 def _plain(v):
     """JSON-able scalars: bools stay bools, integers ints, other numbers floats."""
-    import numpy as np
-
     if isinstance(v, (bool, np.bool_)) or getattr(v, "dtype", None) == np.bool_:
         return bool(v)
     if isinstance(v, (int, np.integer)):

@@ -13,7 +13,6 @@ loop stops with a message and the last good checkpoint stays the latest.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Mapping
 
@@ -21,42 +20,39 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
 
 from streamformer_jax import sharding as sharding_lib
-from streamformer_jax.checkpoint import flatten, nest
+from streamformer_jax.param_tree import ModuleTemplate, flat_params, flatten, nest, path_name
 from streamformer_jax.train import optim as optim_lib
-from streamformer_jax.train.model import ModelDef, TaskModel, apply_remat, call_loss, flat_values
+from streamformer_jax.train.task_model import TaskModel, apply_remat
 
 
 def _tree_zeros_like(tree):
     return jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, jnp.float32), tree)
 
 
-def split_names(tm: TaskModel, modeldef: ModelDef) -> tuple[list[str], list[str]]:
-    trainable = [n for n in modeldef.names if modeldef.is_param[n] and tm.trainable(n)]
-    chosen = set(trainable)
-    return trainable, [n for n in modeldef.names if n not in chosen]
-
-
-@dataclasses.dataclass
 class Trainer:
-    """Shardings and compiled step functions for one model, optimiser and mesh."""
+    """Shardings, the optimiser and the compiled step functions for one model and mesh.
 
-    tm: TaskModel
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
-    mesh: Mesh
-    rules: Any = "dp"
-    remat: str = "none"
-    scan_layers: bool = False
+    `optim`: the `config.optim` section (AdamW, schedule over `total_steps`, `optim.make_optimizer`), applied to
+    the trainable parameters with the model's weight-decay groups; `rules`: a sharding rule preset or rules;
+    `remat`: the rematerialisation policy of the backbone blocks; `scan_layers`: trace them as one scan.
+    """
 
-    def __post_init__(self):
-        self.modeldef = ModelDef(self.tm.model)
-        self.trainable_names, self.frozen_names = split_names(self.tm, self.modeldef)
+    def __init__(self, tm: TaskModel, optim, total_steps: int, mesh: Mesh, *, rules: Any = "dp",
+                 remat: str = "none", scan_layers: bool = False):
+        self.tm, self.mesh, self.rules, self.remat, self.scan_layers = tm, mesh, rules, remat, scan_layers
+        self.template = ModuleTemplate(tm.model)
+        self.trainable_names = [n for n in self.template.names if self.template.is_param[n] and tm.trainable(n)]
+        chosen = set(self.trainable_names)
+        self.frozen_names = [n for n in self.template.names if n not in chosen]
         if not self.trainable_names:
             raise ValueError("no trainable parameters: check config.model.trainable")
-        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        decay = nest({n: bool(tm.decay(n)) for n in self.trainable_names})
+        self.tx, self.schedule = optim_lib.make_optimizer(optim, total_steps, decay)
+        self.replicated = sharding_lib.replicated(self.mesh)
         flat_sh = self._flat_param_shardings()
         self.param_shardings = nest({n: flat_sh[n] for n in self.trainable_names})
         self.frozen_shardings = nest({n: flat_sh[n] for n in self.frozen_names})
@@ -73,20 +69,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ shardings
     def _flat_param_shardings(self) -> dict[str, NamedSharding]:
-        from flax import nnx
-
-        tree = sharding_lib.state_shardings(self.modeldef.abstract_state(), self.mesh, self.rules)
+        tree = sharding_lib.state_shardings(self.template.abstract_state(), self.mesh, self.rules)
         out = {}
         for path, value in nnx.to_flat_state(tree):
             value = value.get_value() if hasattr(value, "get_value") else value
-            out[".".join(str(p) for p in path)] = value if isinstance(value, NamedSharding) else self.replicated
+            out[path_name(path)] = value if isinstance(value, NamedSharding) else self.replicated
         return out
 
     def abstract_state(self, with_shardings: bool = True) -> dict:
         """ShapeDtypeStructs of the train state (with shardings: the restore target on this mesh)."""
-        shapes = {n: jax.ShapeDtypeStruct(s.shape, s.dtype) for n, s in
-                  ((p, v.get_value()) for p, v in zip(self.modeldef.names,
-                                                      [v for _, v in self.modeldef._template]))}
+        shapes = self.template.shapes
         params = nest({n: shapes[n] for n in self.trainable_names})
         frozen = nest({n: shapes[n] for n in self.frozen_names})
         state = {"params": params, "frozen": frozen, "opt": jax.eval_shape(self.tx.init, params),
@@ -101,19 +93,15 @@ class Trainer:
         """The initial state from the model's current values (or `values`), placed on the mesh.
 
         Every process must pass the same values (the model init is deterministic in the seed)."""
-        values = flat_values(self.tm.model) if values is None else values
+        values = flat_params(self.tm.model, None) if values is None else values
         flat_sh = {**flatten(self.param_shardings), **flatten(self.frozen_shardings)}
-
-        def put(name):
-            host = np.asarray(values[name])
-            return jax.make_array_from_callback(host.shape, flat_sh[name], lambda idx: host[idx])
-
-        params = nest({n: put(n) for n in self.trainable_names})
-        frozen = nest({n: put(n) for n in self.frozen_names})
+        params = nest({n: sharding_lib.put_global(values[n], flat_sh[n]) for n in self.trainable_names})
+        frozen = nest({n: sharding_lib.put_global(values[n], flat_sh[n]) for n in self.frozen_names})
         opt = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
         key = np.asarray(jax.random.key_data(jax.random.key(seed)), np.uint32)
-        rep = lambda x: jax.make_array_from_callback(x.shape, self.replicated, lambda idx: x[idx])  # noqa: E731
-        return {"params": params, "frozen": frozen, "opt": opt, "step": rep(np.zeros((), np.int32)), "rng": rep(key)}
+        return {"params": params, "frozen": frozen, "opt": opt,
+                "step": sharding_lib.put_global(np.zeros((), np.int32), self.replicated),
+                "rng": sharding_lib.put_global(key, self.replicated)}
 
     def init_accumulator(self) -> dict:
         abstract = self.abstract_state(with_shardings=False)["params"]
@@ -124,7 +112,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- steps
     def model_from(self, params, frozen):
-        model = self.modeldef.merge({**flatten(params), **flatten(frozen)})
+        model = self.template.merge({**flatten(params), **flatten(frozen)})
         return apply_remat(model, self.remat, self.scan_layers)
 
     def loss_and_grads(self, state, batch, text, task: str, micro_index):
@@ -132,7 +120,7 @@ class Trainer:
                                  micro_index)
 
         def loss_fn(params):
-            loss, metrics = call_loss(self.tm.loss, self.model_from(params, state["frozen"]), task, batch, text, rng)
+            loss, metrics = self.tm.loss(self.model_from(params, state["frozen"]), task, batch, text, rng=rng)
             return loss.astype(jnp.float32), metrics
 
         return jax.value_and_grad(loss_fn, has_aux=True)(state["params"])

@@ -1,4 +1,5 @@
-"""Prompt templates of the original multitask heads (spec §5.1).
+"""Prompt templates of the original multitask heads (spec §5.1); each label task's `TaskSpec.templates` is one
+of these.
 
 * `VIDEO_TEMPLATES` (28): label prompts of the Kinetics, SSv2 and TaskLocalization heads. Each label's
   embedding is the mean over the 28 prompts of the L2-normalised text embeddings (not re-normalised).
@@ -38,9 +39,6 @@ CAPTION_PREFIXES: tuple[str, ...] = (
 )
 # Datasets whose grounding captions get a random prefix in the original loader.
 PREFIXED_DATASETS = ("FineAction", "HACS", "ActivityNet")
-# Label templates per task (tasks without label embeddings are absent).
-TASK_TEMPLATES = {"kinetics": VIDEO_TEMPLATES, "ssv2": VIDEO_TEMPLATES, "localization": VIDEO_TEMPLATES,
-                  "vis": SCENE_TEMPLATES}
 
 assert len(VIDEO_TEMPLATES) == 28 and len(CAPTION_PREFIXES) == 17
 

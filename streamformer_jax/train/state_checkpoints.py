@@ -21,6 +21,8 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 
+from streamformer_jax.train.distributed import sync
+
 log = logging.getLogger(__name__)
 
 ITEMS = ("state", "data")
@@ -108,10 +110,7 @@ class Checkpointer:
             if dst.exists():
                 shutil.rmtree(dst)
             shutil.move(str(src), str(dst))
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"set_aside_{step}")
+        sync(f"set_aside_{step}")
         self.manager.close()
         self._open()
 

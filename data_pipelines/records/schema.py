@@ -19,7 +19,7 @@ Common to every task (``Example`` feature key in brackets):
 field              type                                meaning
 =================  ==================================  =========================================================
 schema_version     int  [schema_version]               ``SCHEMA_VERSION`` of the writer.
-task               str  [task]                         one of ``TASKS``.
+task               str  [task]                         a registered task (``streamformer_jax.tasks``).
 video_id           str  [video/id]                     annotation id (e.g. relative path without suffix).
 dataset            str  [video/dataset]                sub-dataset (``MSRVTT``, ``HACS``, ``YoutubeVIS``...);
                                                        "" when the annotation has none.
@@ -38,7 +38,7 @@ duration           float [video/duration]              source duration in second
 
 ``len(frames) == len(frame_times) >= 1``. Frames are in presentation order, times strictly increasing.
 
-Task fields:
+Task fields (each task's `TaskSpec.record_fields` / `optional_record_fields` in `streamformer_jax.tasks`):
 
 * ``kinetics``, ``ssv2``: ``label`` int [label] (class index, line order of the class-names file).
 * ``retrieval``: ``captions`` list[str] [captions] (utf-8; all captions of the video, one is drawn per epoch).
@@ -60,24 +60,16 @@ Floats stored in ``float_list`` are float32 (TF's format); arrays come back as t
 """
 from __future__ import annotations
 
-import io
 from typing import Any, Sequence
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from streamformer_jax.tasks import registry
+
 SCHEMA_VERSION = 1
-TASKS = ("kinetics", "ssv2", "retrieval", "grounding", "localization", "vis")
-# Fields every task must provide, and the extra ones per task (used for validation on encode).
+# Fields every task must provide (a task's own fields are its `TaskSpec.record_fields`).
 COMMON_FIELDS = ("task", "video_id", "frames", "frame_times", "fps", "source_fps", "height", "width")
-TASK_FIELDS = {
-    "kinetics": ("label",),
-    "ssv2": ("label",),
-    "retrieval": ("captions",),
-    "grounding": ("captions", "windows"),
-    "localization": ("segments", "segment_labels"),
-    "vis": ("categories", "mask_rle_lengths", "mask_rle_counts"),
-}
 
 
 class SchemaError(ValueError):
@@ -149,11 +141,12 @@ _FLOAT_KINDS = ("float", "pairs")
 
 def _validate(ex: dict) -> None:
     task = ex.get("task")
-    if task not in TASKS:
-        raise SchemaError(f"task must be one of {TASKS}, got {task!r}")
-    missing = [k for k in COMMON_FIELDS + TASK_FIELDS[task] if k not in ex]
+    if task not in registry.names():
+        raise SchemaError(f"task must be one of {registry.names()}, got {task!r}")
+    spec = registry.get(task)
+    missing = [k for k in COMMON_FIELDS + spec.record_fields if k not in ex]
     if missing:
-        raise SchemaError(f"{task} example {ex.get('video_id')!r} lacks fields {missing}")
+        raise SchemaError(f"{spec.name} example {ex.get('video_id')!r} lacks fields {missing}")
     unknown = sorted(set(ex) - set(_FIELDS))
     if unknown:
         raise SchemaError(f"unknown fields {unknown}")
@@ -164,16 +157,8 @@ def _validate(ex: dict) -> None:
                           f"times shape {times.shape}")
     if n > 1 and not np.all(np.diff(times) > 0):
         raise SchemaError(f"{ex['video_id']!r}: frame_times must be strictly increasing")
-    if task == "grounding" and len(ex["captions"]) != len(np.reshape(ex["windows"], (-1, 2))):
-        raise SchemaError(f"{ex['video_id']!r}: one window per caption required")
-    if task == "localization" and len(np.reshape(ex["segments"], (-1, 2))) != len(ex["segment_labels"]):
-        raise SchemaError(f"{ex['video_id']!r}: one label per segment required")
-    if task == "vis":
-        n_inst = len(ex["categories"])
-        lengths = np.asarray(ex["mask_rle_lengths"], np.int64)
-        if lengths.shape != (n_inst * n,) or lengths.sum() != len(ex["mask_rle_counts"]):
-            raise SchemaError(f"{ex['video_id']!r}: mask_rle_lengths must have instances*frames entries "
-                              "summing to len(mask_rle_counts)")
+    if spec.check_record is not None:
+        spec.check_record(ex)
 
 
 def encode_record(example: dict) -> bytes:
@@ -239,15 +224,18 @@ def decode_record(data: bytes) -> dict[str, Any]:
     if version is None or version > SCHEMA_VERSION:
         raise SchemaError(f"record has schema_version {version}, this reader supports <= {SCHEMA_VERSION}")
     out.setdefault("dataset", "")
+    if out.get("task") not in registry.names():
+        return out  # a task this reader does not know: its fields as they are
+    spec = registry.get(out["task"])
     # Repeated fields that were empty are absent on the wire (proto3): restore them so readers see [0, 2] etc.
-    for name in TASK_FIELDS.get(out.get("task"), ()) + ("relevant_windows", "relevant_window_caption"):
+    for name in spec.fields:
         if name not in out:
             kind = _FIELDS[name][1]
             out[name] = (np.zeros((0, 2), np.float32) if kind == "pairs" else np.zeros((0,), np.int32)
                          if kind == "ints32" else np.zeros((0,), np.int64) if kind == "ints64" else [])
-    if out.get("task") != "grounding":
-        out.pop("relevant_windows", None)
-        out.pop("relevant_window_caption", None)
+    for other in registry.specs():  # another task's optional fields are not this record's
+        for name in set(other.optional_record_fields) - set(spec.fields):
+            out.pop(name, None)
     return out
 
 
@@ -301,49 +289,3 @@ def decode_masks(example: dict) -> np.ndarray:
         if lengths[j]:
             out[j // n, j % n] = rle_decode(counts[starts[j]:starts[j + 1]], h, w)
     return out
-
-
-# --------------------------------------------------------------------------- JPEG frames
-def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
-    """uint8 [H, W, 3] RGB -> baseline JPEG bytes (Pillow/libjpeg-turbo, 4:2:0, deterministic).
-
-    Pillow rather than FFmpeg's mjpeg encoder: it is ~7x faster here and exact on colours (FFmpeg's encoder
-    shifts neutral chroma 128 -> 127, i.e. greys come back 1-2 levels too green).
-    """
-    from PIL import Image  # local import: readers that only parse records do not need Pillow
-
-    rgb = np.ascontiguousarray(rgb, np.uint8)
-    if rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"expected [H, W, 3] uint8, got {rgb.shape}")
-    buf = io.BytesIO()
-    Image.fromarray(rgb, "RGB").save(buf, format="JPEG", quality=quality, subsampling="4:2:0")
-    return buf.getvalue()
-
-
-class JpegDecoder:
-    """Reusable JPEG -> RGB decoder (FFmpeg via PyAV; one context per instance: keep one per worker).
-
-    ~0.6 ms for a 256x320 frame on one core (~100 clips/s of 16 frames); Pillow decodes the same bytes in
-    ~0.8 ms, and its ``Image.draft`` can decode at 1/2, 1/4, 1/8 size in the DCT domain when that suffices.
-    """
-
-    def __init__(self):
-        import av
-
-        self._av = av
-        self._ctx = av.CodecContext.create("mjpeg", "r")
-        self._ctx.thread_count = 1  # grain workers are processes; threads would oversubscribe the cores
-
-    def __call__(self, data: bytes) -> np.ndarray:
-        frames = self._ctx.decode(self._av.Packet(data))
-        if not frames:
-            raise ValueError("undecodable JPEG frame")
-        return frames[0].to_ndarray(format="rgb24")
-
-
-def decode_frames(frames: Sequence[bytes], indices: Sequence[int] | None = None,
-                  decoder: JpegDecoder | None = None) -> np.ndarray:
-    """Decode the selected JPEG frames (all when ``indices`` is None) -> uint8 [T, H, W, 3]."""
-    decoder = decoder or JpegDecoder()
-    idx = range(len(frames)) if indices is None else indices
-    return np.stack([decoder(frames[int(i)]) for i in idx])

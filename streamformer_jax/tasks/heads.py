@@ -1,4 +1,5 @@
-"""Per-task heads of the multitask wrapper (spec §1.9, §5.1).
+"""Per-task heads of the multitask wrapper (spec §1.9, §5.1); a task's `TaskSpec.make_head` is one of these
+classes (called as `make_head(backbone_config, init_logit_scale, init_logit_bias, rngs=rngs)`).
 
 Every head holds its own trainable, weight-decayed `logit_scale` (log temperature) and `logit_bias`
 (0-dim, initialised from SigLIP's values). The VIS head adds the MaskCLIP-style dense projection
@@ -21,9 +22,15 @@ DEFAULT_LOGIT_BIAS = -10.0
 
 
 class TaskHead(nnx.Module):
-    def __init__(self, init_logit_scale: float = DEFAULT_LOGIT_SCALE, init_logit_bias: float = DEFAULT_LOGIT_BIAS):
+    """The logit scale and bias every head has (the whole head of the label and caption tasks)."""
+
+    def __init__(self, cfg: StreamFormerConfig | None = None, init_logit_scale: float = DEFAULT_LOGIT_SCALE,
+                 init_logit_bias: float = DEFAULT_LOGIT_BIAS, *, rngs: HostRngs | None = None):
         self.logit_scale = nnx.Param(jnp.asarray(init_logit_scale, jnp.float32), sharding_names=())
         self.logit_bias = nnx.Param(jnp.asarray(init_logit_bias, jnp.float32), sharding_names=())
+
+    def init_from_backbone(self, backbone) -> None:
+        """Initialise parameters that start as copies of the backbone's (none here)."""
 
 
 class VISHead(TaskHead):
@@ -32,7 +39,7 @@ class VISHead(TaskHead):
 
     def __init__(self, cfg: StreamFormerConfig, init_logit_scale: float = DEFAULT_LOGIT_SCALE,
                  init_logit_bias: float = DEFAULT_LOGIT_BIAS, *, rngs: HostRngs | None):
-        super().__init__(init_logit_scale, init_logit_bias)
+        super().__init__(cfg, init_logit_scale, init_logit_bias)
         d, h = cfg.hidden_size, cfg.num_heads
         hd = d // h
         self.dtype = cfg.compute_dtype
@@ -40,6 +47,9 @@ class VISHead(TaskHead):
         self.v_proj = Dense((h, hd), (d,), ("heads", "kv"), ("embed",), rngs=rngs)
         self.head_layernorm = LayerNorm(d, cfg.layer_norm_eps, rngs=rngs)
         self.head_mlp = MLP(d, cfg.mlp_size, cfg.gelu_approximate, rngs=rngs)
+
+    def init_from_backbone(self, backbone) -> None:
+        self.copy_from_map_head(backbone.head)
 
     def copy_from_map_head(self, head: MAPHead) -> None:
         """Initialise the projection as copies of the MAP head (what `prepare_for_multi_tasks` does)."""

@@ -22,9 +22,10 @@ from typing import Any
 import grain
 import numpy as np
 
-from data_pipelines import schema
 from data_pipelines.pipeline import augment, randaugment, sampling, targets
-from data_pipelines.pipeline.codec import JpegDecoder
+from data_pipelines.records import schema
+from data_pipelines.records.frames import JpegDecoder
+from streamformer_jax.tasks import registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +53,8 @@ class ClipOptions:
 class ClipTransform(grain.transforms.RandomMap):
     """Shared machinery: record bytes -> decoded dict -> sampled, cropped, flipped clip + task targets."""
 
-    task: str = ""
-
-    def __init__(self, options: ClipOptions):
-        self.options = options
+    def __init__(self, options: ClipOptions, task: str):
+        self.options, self.task = options, task
         self._decoder = JpegDecoder()
         self._randaugment = (
             randaugment.RandAugmentSpec.parse(options.randaugment, options.randaugment_interpolation)
@@ -110,7 +109,7 @@ class ClipTransform(grain.transforms.RandomMap):
 
 
 class KineticsTransform(ClipTransform):
-    task = "kinetics"
+    """A clip label (Kinetics-style): sparse segment sampling, flips allowed."""
 
     def sample(self, ex, rng):
         return sampling.sparse_segment_indices(len(ex["frames"]), self.options.num_frames, rng, self.options.train)
@@ -122,18 +121,14 @@ class KineticsTransform(ClipTransform):
 class SSv2Transform(KineticsTransform):
     """Something-Something v2: labels are direction-sensitive ("pushing left to right"), so never flipped."""
 
-    task = "ssv2"
-
-    def __init__(self, options: ClipOptions):
-        super().__init__(dataclasses.replace(options, flip=False))
+    def __init__(self, options: ClipOptions, task: str):
+        super().__init__(dataclasses.replace(options, flip=False), task)
 
     def sample(self, ex, rng):
         return sampling.strided_segment_indices(len(ex["frames"]), self.options.num_frames, rng, self.options.train)
 
 
 class RetrievalTransform(ClipTransform):
-    task = "retrieval"
-
     def sample(self, ex, rng):
         n = len(ex["frames"])
         if self.options.max_seconds > 0:  # Trim to the first max_seconds (DiDeMo paragraphs, §6.4).
@@ -146,8 +141,6 @@ class RetrievalTransform(ClipTransform):
 
 
 class GroundingTransform(ClipTransform):
-    task = "grounding"
-
     def sample(self, ex, rng):
         # The caption decides the window, so it is drawn first and remembered for add_targets.
         captions = ex["captions"]
@@ -171,8 +164,6 @@ class GroundingTransform(ClipTransform):
 
 
 class LocalizationTransform(ClipTransform):
-    task = "localization"
-
     def sample(self, ex, rng):
         return sampling.sparse_segment_indices(len(ex["frames"]), self.options.num_frames, rng, self.options.train)
 
@@ -182,8 +173,6 @@ class LocalizationTransform(ClipTransform):
 
 
 class VISTransform(ClipTransform):
-    task = "vis"
-
     def sample(self, ex, rng):
         return sampling.strided_segment_indices(len(ex["frames"]), self.options.num_frames, rng, self.options.train)
 
@@ -230,17 +219,6 @@ def _selected_masks(ex: dict, idx: np.ndarray) -> np.ndarray:
     return out
 
 
-TRANSFORMS = {
-    "kinetics": KineticsTransform,
-    "ssv2": SSv2Transform,
-    "retrieval": RetrievalTransform,
-    "grounding": GroundingTransform,
-    "localization": LocalizationTransform,
-    "vis": VISTransform,
-}
-
-
 def make_transform(task: str, options: ClipOptions) -> ClipTransform:
-    if task not in TRANSFORMS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TRANSFORMS)}")
-    return TRANSFORMS[task](options)
+    """The registered task's transform with these options."""
+    return registry.get(task).transform(options, task=task)

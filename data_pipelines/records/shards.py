@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 
-from . import tfrecord
+from array_record.python.array_record_module import ArrayRecordWriter
+
+from data_pipelines.records import tfrecord
 
 FORMATS = ("arrayrecord", "tfrecord")
 # group_size:1 keeps single-record reads cheap (grain's recommendation for random access).
@@ -32,6 +34,11 @@ def num_shards_for(num_items: int, shard_size: int | None, num_shards: int | Non
         return max(1, min(num_shards, num_items))
     size = shard_size or 256
     return max(1, -(-num_items // size))
+
+
+def shard_entry(name: str, num_examples: int, fmt: str) -> dict:
+    """A shard's entry in metadata.json (TFRecord shards name their `.idx` sidecar)."""
+    return {"file": name, "num_examples": num_examples, **({"index": name + ".idx"} if fmt == "tfrecord" else {})}
 
 
 def write_text(path: str, text: str) -> None:
@@ -58,8 +65,6 @@ class ShardWriter:
 
     def __enter__(self):
         if self.fmt == "arrayrecord":
-            from array_record.python.array_record_module import ArrayRecordWriter
-
             self._w = ArrayRecordWriter(self.tmp, ARRAY_RECORD_OPTIONS)
         else:
             self._w = tfrecord.TFRecordWriter(self.tmp)
