@@ -24,7 +24,7 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("plan", "sizing", "Which plan: sizing | layers | depth | stream.")
+flags.DEFINE_string("plan", "sizing", "Which plan: sizing | layers | depth | remat | stream.")
 flags.DEFINE_string("out_dir", "aot_reports", "Directory of the JSON reports.")
 flags.DEFINE_string("only", "", "Comma-separated run names of the plan to run (default: all).")
 flags.DEFINE_string("summary", "", "Print the markdown table of the reports in this directory and exit.")
@@ -34,7 +34,8 @@ CONFIG = "configs/pretrain_multitask.py"
 # Per-chip clips of a 4-chip slice -> micro_batch_size 4 x that.
 SLICES = {"v5e4": "v5e:2x2", "v5p4": "v5p:2x2x1", "v44": "v4:2x2x1",
           "v5e256": "v5e:16x16", "v5p64": "v5p:4x4x4", "v464": "v4:4x4x4"}
-REMAT = {"none": "none", "full": "full", "dots": "dots_with_no_batch_dims_saveable"}
+REMAT = {"none": "none", "full": "full", "dots": "dots_with_no_batch_dims_saveable",
+         "names": "names:temporal_qkv,temporal_attended,spatial_qkv,spatial_attended,spatial_residual"}
 
 
 def _run(slice_key, preset, per_chip, remat, tasks, **overrides):
@@ -78,10 +79,16 @@ def plan(name: str) -> dict[str, dict]:
                 name += "_" + "_".join(tasks)
             spec["apply"] = apply
             runs[name] = spec
+    elif name == "remat":  # the remat policies at 1 and 2 unrolled blocks (memory and FLOPs per block, exact)
+        for remat in ("none", "full", "names"):
+            for layers in (1, 2):
+                runs.update([_run("v5e4", "dp", 16, remat, ["kinetics"], **{"model.overrides.num_layers": layers})])
+        for spec in runs.values():
+            spec["apply"] = False
     elif name == "stream":
         runs = {f"stream_{s}": {"topology": SLICES[s], "stream": True} for s in ("v5e4", "v5p4", "v44")}
     else:
-        raise SystemExit(f"error: unknown plan {name!r}; choose from sizing, layers, depth, stream")
+        raise SystemExit(f"error: unknown plan {name!r}; choose from sizing, layers, depth, remat, stream")
     return runs
 
 

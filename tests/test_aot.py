@@ -197,3 +197,26 @@ def test_a_parameter_the_mesh_does_not_divide_is_one_clear_error():
     cfg.micro_batch_size = 8
     with pytest.raises(aot.AotError, match=r"does not divide over the mesh .*fsdp.: 8"):
         aot.CompileSetup(cfg, jax.devices())
+
+
+@pytest.mark.parametrize("start", [8, 64])
+def test_the_stream_search_finds_the_largest_pool_in_few_compiles(monkeypatch, start):
+    """Per-chip memory affine in the pool size (what the compiled stream step shows): two compiles give the line,
+    two more confirm its prediction. The fake compiler refuses sizes over the limit as the TPU compiler does."""
+    capacity, fixed, per_stream = int(15.75 * 2**30), 600_000_000, 118_000_000
+    compiled = []
+
+    def fake_compile(config, topology, s, *, window):
+        compiled.append(s)
+        need = fixed + per_stream * s + (s % 7) * 1000  # a little noise around the line
+        if need > capacity:
+            return {"fits": False, "error": f"RESOURCE_EXHAUSTED: Used {need / 2**30:.2f}G of 15.75G hbm.",
+                    "hbm_capacity": capacity, "compile_s": 1.0}
+        return {"fits": True, "hbm_bytes": need, "hbm_capacity": capacity, "compile_s": 1.0,
+                "flops": 1.0, "flops_ratio": 1.0, "collectives": {}}
+
+    monkeypatch.setattr(aot, "compile_stream", fake_compile)
+    r = aot.search_streams(None, "v5e:2x2", start=start, log=lambda s: None)
+    truth = max(s for s in range(1, 1000) if fixed + per_stream * s + (s % 7) * 1000 <= capacity)
+    assert r["max_streams_per_chip"] == truth and r["resolution"] == 1
+    assert len(compiled) <= 6, compiled

@@ -64,6 +64,11 @@ def test_tiny_flops_agree_with_the_analytic_count(tiny_report):
     assert micro["flops"] == pytest.approx(analytic, rel=FLOPS_TOLERANCE)
 
 
+def test_fit_is_judged_against_the_hbm_the_compiler_allows():
+    # what XLA's TPU compiler lets one program use on a v5e (of its 16 GiB), from its own out-of-memory message
+    assert aot.compiler_hbm_limit(aot.topology_devices(TOPOLOGY)[0], 1) == int(15.75 * 2**30)
+
+
 def test_an_oversized_batch_is_reported_as_not_fitting():
     # 16 frames of 224² and 4096 clips per chip: the activations need far more than a v5e's 16 GB
     config = _tiny(micro_batch_size=16384, **{"model.overrides.image_size": 224, "model.overrides.num_frames": 16})

@@ -11,11 +11,12 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from streamformer_jax import sharding
 from streamformer_jax.models import config as model_configs
-from streamformer_jax.models.streamformer import init_model
+from streamformer_jax.models.block import CHECKPOINT_NAMES
+from streamformer_jax.models.streamformer import init_model, remat_policy
 from streamformer_jax.train.task_model import apply_remat
 
 
-@pytest.mark.parametrize("remat", ["none", "full"])
+@pytest.mark.parametrize("remat", ["none", "full", "names:spatial_qkv,temporal_attended"])
 def test_scanned_blocks_give_the_loop_s_outputs_and_gradients(remat):
     cfg = model_configs.StreamFormerConfig(hidden_size=64, num_layers=3, num_heads=4, mlp_size=128, image_size=32,
                                            patch_size=16, num_frames=4, lora_rank=4)
@@ -38,6 +39,30 @@ def test_scanned_blocks_give_the_loop_s_outputs_and_gradients(remat):
     # the scanned program holds one block: a while loop with 3 trips instead of 3 unrolled copies
     hlo = step.lower(state, x, True).compile().as_text()
     assert re.search(r'known_trip_count":\{"n":"3"', hlo)
+
+
+def test_remat_by_name_saves_the_named_activations_and_recomputes_the_rest():
+    cfg = model_configs.StreamFormerConfig(hidden_size=64, num_layers=2, num_heads=4, mlp_size=256, image_size=64,
+                                           patch_size=16, num_frames=4, lora_rank=4)
+    graphdef, state = nnx.split(init_model(cfg, seed=0))
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 4, 64, 64, 3)), jnp.float32)
+
+    def grads(remat):
+        def loss(state):
+            return jnp.sum(apply_remat(nnx.merge(graphdef, state), remat)(x)["pooler_output"] ** 2)
+        fn = jax.jit(jax.grad(loss))
+        return fn(state), fn.lower(state).compile().cost_analysis()["flops"]
+
+    g_none, f_none = grads("none")
+    names = "names:" + ",".join(CHECKPOINT_NAMES)
+    g_names, f_names = grads(names)
+    g_full, f_full = grads("full")
+    for a, b in zip(jax.tree_util.tree_leaves(g_none), jax.tree_util.tree_leaves(g_names)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    # saving the projections and attention outputs by name recomputes less than saving nothing (full remat)
+    assert f_none < f_names < f_full
+    with pytest.raises(ValueError, match="unknown or no activation names.*spatial_qkv"):
+        remat_policy("names:spatial_probs")
 
 
 def _residual_after_row_parallel_projection(mesh):

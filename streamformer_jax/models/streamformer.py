@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 
 from streamformer_jax.models.attention import temporal_mask
-from streamformer_jax.models.block import DividedSpaceTimeBlock
+from streamformer_jax.models.block import CHECKPOINT_NAMES, DividedSpaceTimeBlock
 from streamformer_jax.models.config import StreamFormerConfig
 from streamformer_jax.models.embeddings import Embeddings, clip_time_ids
 from streamformer_jax.models.heads import MAPHead
@@ -17,11 +17,19 @@ from streamformer_jax.models.layers import HostRngs, LayerNorm, abstract_module,
 
 
 def remat_policy(name: str):
-    """`none` (no remat), `full` (save nothing) or any `jax.checkpoint_policies` attribute name."""
+    """`none` (no remat), `full` (save nothing), `names:A,B,...` (save only the block's activations tagged with
+    those names, `block.CHECKPOINT_NAMES`; recompute the rest) or any `jax.checkpoint_policies` attribute name."""
     if name in ("", "none"):
         return None
     if name == "full":
         return jax.checkpoint_policies.nothing_saveable
+    if name.startswith("names:"):
+        chosen = [n.strip() for n in name[len("names:"):].split(",") if n.strip()]
+        unknown = sorted(set(chosen) - set(CHECKPOINT_NAMES))
+        if not chosen or unknown:
+            raise ValueError(f"remat policy {name!r}: unknown or no activation names {unknown}; "
+                             f"tagged in the block: {list(CHECKPOINT_NAMES)}")
+        return jax.checkpoint_policies.save_only_these_names(*chosen)
     policy = getattr(jax.checkpoint_policies, name, None)
     if policy is None:
         names = sorted(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))

@@ -23,7 +23,8 @@ Training report (JSON; every figure per device):
   without being an argument of that step (the label embeddings during the update). The micro-step takes the
   whole train state as arguments (`keep_unused`), so the optimizer moments, the frozen towers (incl. the text
   tower) and the accumulator are counted, and the compiler budgets for them. `fits` is hbm_bytes <= the HBM the
-  compiler allows (read from its out-of-memory message when one occurs, else the chip's capacity); a step the
+  compiler allows one program (`compiler_hbm_limit`, read from the compiler's out-of-memory message for an
+  oversized probe: 15.75 GiB on v5e, 30.75 on v4, 95.74 on v5p, 31.25 on v6e with libtpu 0.0.42); a step the
   compiler rejects for memory is reported with "fits": false and its message.
   analytic_flops: the backbone's model FLOPs (`train.flops`, 3 x forward, no remat) for this device's share of
   the micro-batch; flops / analytic_flops - 1 is rematerialisation plus the heads and the text tower.
@@ -148,6 +149,24 @@ def _capacity_from(message: str) -> int | None:
     return int(float(m.group(1)) * _UNIT[m.group(2)]) if m else None
 
 
+_LIMITS: dict[str, int] = {}
+
+
+def compiler_hbm_limit(device, fallback: int) -> int:
+    """The HBM the TPU compiler lets one program use on `device`'s chip (v5e: 15.75 GiB of its 16 GiB), read from
+    the out-of-memory message of a deliberately oversized program (a 256 GiB temporary; compiles in seconds).
+    `fallback` (the chip table's capacity) if the message cannot be read."""
+    kind = device.device_kind
+    if kind not in _LIMITS:
+        x = jax.ShapeDtypeStruct((1 << 18,), jnp.float32, sharding=jax.sharding.SingleDeviceSharding(device))
+        try:
+            jax.jit(lambda x: x[:, None] * x[None, :]).lower(x).compile()
+            _LIMITS[kind] = fallback
+        except Exception as e:  # noqa: BLE001 - the message is what we want
+            _LIMITS[kind] = _capacity_from(str(e)) or fallback
+    return _LIMITS[kind]
+
+
 def _step_report(compiled, compile_s, error, *, n_dev, chip, extra_resident, analytic, capacity) -> dict:
     if compiled is None:
         out = {"compile_s": round(compile_s, 2), "fits": False if error and _OOM.search(error) else None,
@@ -258,7 +277,7 @@ def compile_training(config, topology: str, *, tasks: list[str] | None = None,
     bb = setup.model.backbone
     per_clip = flops_lib.train_flops_per_clip(bb)
     analytic_micro = per_clip * config.micro_batch_size / n
-    capacity = chip.hbm_bytes
+    capacity = compiler_hbm_limit(devices[0], chip.hbm_bytes)
     unknown = sorted(set(tasks or ()) - set(setup.tasks))
     if unknown:
         raise AotError(f"--tasks: {unknown} are not tasks of this run; choose from {setup.tasks}")
@@ -341,7 +360,7 @@ def compile_stream(config, topology: str, streams_per_chip: int, *, window: int 
     compiled, secs, err = _compile(fn, state, cache, frames)
     analytic = flops_lib.forward_flops_per_clip(bb, num_frames=1) * streams_per_chip
     report = _step_report(compiled, secs, err, n_dev=n, chip=chip, extra_resident=0, analytic=analytic,
-                          capacity=chip.hbm_bytes)
+                          capacity=compiler_hbm_limit(devices[0], chip.hbm_bytes))
     report.update(streams_per_chip=streams_per_chip, streams=b, window=window,
                   cache_bytes_per_stream=tree_bytes(cache[:2]) // max(1, streams_per_chip),
                   params_bytes=tree_bytes(state))
@@ -352,7 +371,13 @@ def compile_stream(config, topology: str, streams_per_chip: int, *, window: int 
 
 def search_streams(config, topology: str, *, window: int = 16, start: int = 8, limit: int = 4096, log=print
                    ) -> dict[str, Any]:
-    """The largest streams-per-chip whose step fits: doubling from `start`, then bisection."""
+    """The largest streams-per-chip whose step fits, in few compiles (a ViT-B one takes minutes here).
+
+    Per-chip memory is affine in the pool size (replicated parameters and code + per stream a cache, frames and
+    activations), so two compiles that fit (`start` and 2 x `start`, halving first if `start` does not) give the
+    line, its crossing with the HBM the compiler allows predicts the answer, and compiles at the prediction and one
+    above it confirm it. Should the confirmation disagree (the compiler changes its plan near the limit), a
+    bisection between the known bounds finishes the search."""
     tried: dict[int, dict] = {}
 
     def fits(s: int) -> bool:
@@ -360,33 +385,46 @@ def search_streams(config, topology: str, *, window: int = 16, start: int = 8, l
             log(f"compiling stream_step for {s} streams per chip on {topology}...")
             tried[s] = compile_stream(config, topology, s, window=window)
             log(f"  {_line(tried[s])}")
+            told = [r["hbm_capacity"] for r in tried.values() if "error" in r and r.get("hbm_capacity")]
+            for r in tried.values():  # the compiler stated the HBM it allows: judge every size against it
+                if told and "hbm_bytes" in r:
+                    r["hbm_capacity"], r["fits"] = told[0], bool(r["hbm_bytes"] <= told[0])
         if "error" in tried[s] and tried[s]["fits"] is None:
             raise AotError(f"stream_step for {s} streams per chip failed to compile: {tried[s]['error']}")
         return bool(tried[s]["fits"])
 
-    lo, hi = 0, None
-    s = start
-    while s <= limit:
-        if fits(s):
-            lo, s = s, s * 2
-        else:
-            hi = s
-            break
-    if hi is None:
-        hi = limit + 1
-    if lo == 0:  # even `start` does not fit: search below it
-        lo, hi = 0, start
-        s = start // 2
-        while s >= 1 and not fits(s):
-            hi, s = s, s // 2
-        lo = s if s >= 1 else 0
-    while hi - lo > max(1, lo // 16):  # ~6 % resolution keeps the number of compiles small
-        mid = (lo + hi) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    return {"max_streams_per_chip": lo, "resolution": hi - lo, "tried": {str(k): v for k, v in sorted(tried.items())}}
+    a = start
+    while a >= 1 and not fits(a):
+        a //= 2
+    if a < 1:
+        return {"max_streams_per_chip": 0, "resolution": 0, "method": "none fits",
+                "tried": {str(k): v for k, v in sorted(tried.items())}}
+    lo, hi = a, limit + 1  # lo fits; hi is the smallest size known not to fit (limit + 1: none known)
+
+    def probe(s: int) -> None:
+        nonlocal lo, hi
+        if lo < s < hi:
+            if fits(s):
+                lo = s
+            else:
+                hi = s
+
+    probe(min(2 * a, limit))
+    prediction = None
+    if lo == 2 * a:
+        per_stream = (tried[lo]["hbm_bytes"] - tried[a]["hbm_bytes"]) / a
+        capacity = min(s.get("hbm_capacity") or tried[a]["hbm_capacity"] for s in tried.values())
+        if per_stream > 0:
+            fixed = tried[a]["hbm_bytes"] - per_stream * a
+            prediction = int(min(limit, max(lo, (capacity - fixed) // per_stream)))
+            probe(prediction)
+            probe(prediction + 1)
+    while hi > limit and lo < limit:  # no size known not to fit: double
+        probe(min(2 * lo, limit))
+    while hi <= limit and hi - lo > max(1, lo // 64):  # bisect to ~1.5 %
+        probe((lo + hi) // 2)
+    return {"max_streams_per_chip": lo, "resolution": (hi - lo) if hi <= limit else None,
+            "predicted_from_two_compiles": prediction, "tried": {str(k): v for k, v in sorted(tried.items())}}
 
 
 # ------------------------------------------------------------------------------------------------- CLI
