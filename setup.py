@@ -22,6 +22,7 @@ CORE = [
     "pillow==12.3.0",  # JPEG frames in records: FFmpeg's MJPEG encoder shifts neutral colours and is slower
     "google-crc32c==1.8.0",  # TFRecord checksums (a pure-Python fallback exists)
     "sentencepiece==0.2.1",  # the SigLIP text tokenizer (a local spiece.model)
+    "pyyaml==6.0.4",  # the original metadata file (all.yaml) for `convert from-metadata`
 ]
 # PyTorch interop: only for `.pth` checkpoints and the converters' parity tests.
 # torch is pinned exactly: an unpinned torch resolves to a multi-GB CUDA build.

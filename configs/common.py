@@ -70,6 +70,9 @@ def text_config() -> ml_collections.ConfigDict:
     c.tokenizer = ""  # SentencePiece model for a real tower ("" = look in `checkpoint`)
     c.seed = 0
     c.max_length = 64  # tokens per text (the original pads to 64)
+    # Without a text tower (checkpoint == "" and none in model.init): False = stop with an error (the recipe);
+    # True = use the random tower below (the tiny variant and tests).
+    c.allow_random = False
     # The random tower used when checkpoint == "" (hidden_size 0 = the backbone's width, mlp_size 0 = 2x).
     c.random = ml_collections.ConfigDict(dict(vocab_size=4096, hidden_size=0, mlp_size=0, num_layers=1,
                                               num_heads=4))
@@ -160,6 +163,7 @@ def tiny_overrides(config: ml_collections.ConfigDict) -> None:
     config.checkpoint.keep = 2
     config.peak_tflops_per_device = 0.205  # this project's 2-core CPU, float32 matmul peak
     config.text.max_length = 16
+    config.text.allow_random = True  # no SigLIP download on a CPU: the documented random text tower
     data = load_sibling(__file__, "data_builtin").get_config()
     data.num_frames = 4
     data.image_size = 32

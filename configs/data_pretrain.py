@@ -20,9 +20,11 @@ def task_config(crop: str = "short_side", flip: bool = True, **overrides) -> ml_
     c.rrc_scale = (0.08, 1.0)
     c.rrc_ratio = (3 / 4, 4 / 3)
     c.scale_jitter = (1.0, 1.0)  # Short-side scale range; (1.0, 1.25) zooms in by up to 25%.
-    c.clip_seconds = 16.0  # Grounding: fixfps window length in seconds.
-    c.max_seconds = 0.0  # Retrieval: only the first max_seconds (30 for DiDeMo paragraphs); 0 = all.
-    c.patch_size = 16  # VIS: targets at patch resolution (image_size / patch_size per side).
+    c.clip_seconds = 16.0  # Grounding: fixfps window length in seconds (the original: its 16 frames, as seconds).
+    c.patch_size = 16  # The model's patch size (VIS targets at mask_resolution="patch").
+    # VIS targets: "input" = per pixel of the input (the original's loss on logits upsampled bilinearly to the
+    # input) or "patch" = one per patch (a cheaper loss without the upsampling). Other tasks ignore it.
+    c.mask_resolution = "input"
     c.randaugment = ""  # e.g. "rand-m7-n4-mstd0.5-inc1" (the original's Kinetics/SSv2 setting); "" = off.
     c.randaugment_interpolation = "bicubic"  # Geometric RandAugment ops; "bilinear" is ~3x cheaper.
     c.update(overrides)
@@ -42,7 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.read_threads = 1
     config.read_buffer_size = 2
     # Mixture (§5.4): one task per micro-batch, visited in task_order. Empty task_weights = the original's
-    # balancing from dataset sizes; otherwise {task: consecutive micro-batches per cycle}.
+    # sampler over the tasks' samples (balancing, per-epoch reshuffles, cycles of f_k batches per task;
+    # data_pipelines/pipeline/mixture.py); otherwise {task: consecutive micro-batches per cycle}.
     config.task_order = registry.names()
     config.task_weights = ml_collections.ConfigDict()
     config.balance_scale = 2.0

@@ -62,6 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.epochs = 20.0
     config.log_every = 50
     config.checkpoint.every_steps = 1000
+    # The recipe trains on converted data from a SigLIP start point: both must be given (one-line error).
+    config.required = ("data_dir", "model.init")
     common.finalize_data(config, common.load_sibling(__file__, "data_pretrain").get_config())
 
     if tiny:
@@ -69,6 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.optim.lr = 1e-3
         config.optim.warmup_steps = 2
         config.accum_steps = 6  # one cycle of the six tasks per optimizer step
+        config.required = ()  # the built-in dataset and a random start
     if arg.variant in POD_VARIANTS:
         chips, preset, remat, per_chip, scan = POD_VARIANTS[arg.variant]
         config.mesh.data, config.mesh.fsdp, config.mesh.tensor = {"dp": (-1, 1, 1), "fsdp": (1, -1, 1)}[preset]

@@ -190,6 +190,15 @@ def first_at_each_tick(items: Iterable[tuple[float, object]], fps: float) -> Ite
         yield t, payload
 
 
+def strictly_increasing(items: Iterable[tuple[float, object]]) -> Iterator[tuple[float, object]]:
+    """Every item whose time is after the previous kept one (drops duplicated/out-of-order timestamps)."""
+    last_time = -math.inf
+    for t, payload in items:
+        if t > last_time:
+            last_time = t
+            yield t, payload
+
+
 def non_decreasing(items: Iterable[tuple[float, object]]) -> Iterator[tuple[float, object]]:
     """Times forced non-decreasing (a broken pts never goes backwards)."""
     prev = -math.inf
@@ -348,7 +357,8 @@ def iter_frames(path, fps: float | None = None, max_frames: int | None = None,
                 short_side: int | None = None, threads: int = 1) -> Iterator[tuple[float, np.ndarray]]:
     """Yield `(time_seconds, rgb uint8 [H, W, 3])` of the frames dataset conversion keeps, in order.
 
-    * `fps`: `first_at_each_tick` of a `fps` grid (None: the source rate, i.e. every frame).
+    * `fps`: `first_at_each_tick` of a `fps` grid (None: every decoded frame, as decord counts them; the original
+      loaders sample by frame index).
     * `max_frames`: lower the grid rate so the whole video fits (see `plan`), then hard cap.
     * `short_side`: downscale (area filter) so min(H, W) == short_side; smaller videos stay as they are.
 
@@ -362,7 +372,10 @@ def iter_frames(path, fps: float | None = None, max_frames: int | None = None,
         p = plan(decoding.info, fps, max_frames, short_side)
         width, height = p.size
         kept = 0
-        for t, frame in first_at_each_tick(decoding, p.fps):
+        # No target rate and no cap lowering it: every decoded frame, as decord indexes them (a millisecond time
+        # base, e.g. WebM's, puts frame 1 of 12 fps at 0.083 s, below the 1/12 s grid tick).
+        every_frame = not fps and p.fps >= decoding.info.source_fps
+        for t, frame in (strictly_increasing(decoding) if every_frame else first_at_each_tick(decoding, p.fps)):
             yield t, _rgb(frame, width, height, "AREA")
             kept += 1
             if max_frames and kept >= max_frames:

@@ -12,6 +12,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from data_pipelines.pipeline import label_tables, mixture
 from streamformer_jax.train import aot, compiled_stats, loop, tpu_chips
 from streamformer_jax.train.step import device_batch
 from streamformer_jax.train.task_model import ModelSettings
@@ -43,7 +44,7 @@ def test_abstract_batch_is_the_batch_the_trainer_gets(real_run):
     cfg, setup, batches = real_run
     assert set(batches) == set(ALL_TASKS)
     for task, real in batches.items():
-        fake = aot.abstract_batch(cfg, task, setup.mesh)
+        fake = aot.abstract_batch(cfg, task, setup.mesh, setup.meta[task])
         assert sorted(fake) == sorted(real), task
         for k in real:
             assert (fake[k].shape, fake[k].dtype) == (real[k].shape, real[k].dtype), (task, k)
@@ -52,9 +53,11 @@ def test_abstract_batch_is_the_batch_the_trainer_gets(real_run):
 
 def test_shape_only_setup_has_the_real_state_masks_and_label_tables(real_run):
     cfg, real, _ = real_run
-    counts = {t: len(m["class_names"]) for t, m in real.meta.items() if m.get("class_names")}
+    sets = {t: label_tables.label_sets(m) for t, m in real.meta.items()}
+    counts = {t: {ds: len(n) for ds, n in s.items()} if isinstance(s, dict) else len(s) for t, s in sets.items()}
     fake = aot.CompileSetup(cfg, jax.devices(), counts)
     assert dict(fake.mesh.shape) == dict(real.mesh.shape) and fake.tasks == list(ALL_TASKS)
+    assert fake.accum_steps == real.accum_steps
     assert fake.model.scan_layers == real.model.scan_layers is False
     rt, ft = real.trainer, fake.trainer
     assert (rt.template.names, rt.trainable_names, rt.frozen_names) == \
@@ -220,3 +223,34 @@ def test_the_stream_search_finds_the_largest_pool_in_few_compiles(monkeypatch, s
     truth = max(s for s in range(1, 1000) if fixed + per_stream * s + (s % 7) * 1000 <= capacity)
     assert r["max_streams_per_chip"] == truth and r["resolution"] == 1
     assert len(compiled) <= 6, compiled
+
+
+def test_accum_steps_zero_is_derived_from_the_task_cycle():
+    """accum_steps=0: one optimizer step = one cycle of the original sampler over the tasks' sample counts (or
+    of explicit task weights); without either the tool says what to give."""
+    cfg = load_config("pretrain_multitask")
+    cfg.accum_steps, cfg.micro_batch_size = 0, 8
+    with pytest.raises(aot.AotError, match="accum_steps=0 derives the optimizer step"):
+        aot.CompileSetup(cfg, jax.devices())
+    # kinetics has twice the (balanced) batches of the smallest task: it appears twice in the cycle, as in the
+    # original's released mix (7 micro-batches for six tasks)
+    samples = {"kinetics": 240000, "ssv2": 120000, "retrieval": 200000, "grounding": 150000,
+               "localization": 130000, "vis": 125000}
+    setup = aot.CompileSetup(cfg, jax.devices(), samples=samples)
+    plan = mixture.original_plan(samples, 8, tuple(setup.data.task_order), 2.0)
+    assert setup.accum_steps == len(plan.cycle) == 7 and plan.cycle.count("kinetics") == 2
+    cfg.accum_steps = 5  # not a whole number of cycles: train's own error
+    with pytest.raises(aot.AotError, match="not a whole number of the data's task cycle of 7"):
+        aot.CompileSetup(cfg, jax.devices(), samples=samples)
+
+
+def test_the_step_estimate_follows_the_task_cycle():
+    est = lambda s: {"compute_s": s / 2, "memory_s": s, "collective_s": 0.0, "step_s": s}  # noqa: E731
+    steps = {"micro_kinetics": {"estimate": est(1.0)}, "micro_vis": {"estimate": est(3.0)},
+             "apply": {"estimate": est(0.5)}}
+    chip = tpu_chips.chip_for("v5e:2x2")
+    cycle = ("kinetics", "kinetics", "ssv2", "vis")  # ssv2 not compiled: the mean compiled micro-step (2.0)
+    r = aot._combine(steps, ["kinetics", "vis"], cycle, 8, 1e12, chip, 64)
+    assert r["step_s"] == pytest.approx(2 * (1 + 1 + 2 + 3) + 0.5) and r["bound"] == "memory"
+    assert "ssv2" in r["note"]
+    assert aot._combine(steps, ["kinetics", "vis"], None, 3, 1e12, chip, 64)["step_s"] == pytest.approx(6.5)

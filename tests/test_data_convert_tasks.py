@@ -109,12 +109,19 @@ def test_localization_csv_with_nested_label2id(tmp_path):
     summary = _run("localization", ann, root, tmp_path / "out", class_names=str(labels), opts=Options(fps=2))
     assert summary.num_examples == 1 and [s["path"] for s in summary.skipped] == ["gone.mp4"]
     (rec,) = _records(tmp_path / "out")
-    np.testing.assert_allclose(rec["segments"], [[0.0, 0.5], [1.0, 1.5], [0.6, 0.9]])
-    np.testing.assert_array_equal(rec["segment_labels"], [1, 1, 0])
+    # One entry per annotation row: its window, its class id in its dataset's table, its relevant windows.
+    np.testing.assert_allclose(rec["segments"], [[0.0, 0.5], [0.6, 0.9]])
+    np.testing.assert_array_equal(rec["segment_labels"], [1, 0])
+    np.testing.assert_allclose(rec["relevant_windows"], [[0.0, 0.5], [1.0, 1.5], [0.6, 0.9]])
+    np.testing.assert_array_equal(rec["relevant_window_caption"], [0, 0, 1])
     assert rec["dataset"] == "HACS" and rec["duration"] == 2.0
     np.testing.assert_allclose(rec["frame_times"], [0.0, 0.5, 1.0, 1.5])
     meta = load_metadata(tmp_path / "out")
-    assert meta["class_names"] == ["HACS/Archery", "HACS/Ballet", "FineAction/jump"]
+    assert meta["class_names"] == [] and meta["label_tables"] == {"HACS": ["Archery", "Ballet"],
+                                                                  "FineAction": ["jump"]}
+    assert meta["num_samples"] == 2 and meta["record_samples"] == [2]
+    assert meta["datasets"]["HACS"] == {"videos": 1, "samples": 2, "skipped": 0, "skipped_samples": 0}
+    assert meta["datasets"]["FineAction"] == {"videos": 0, "samples": 0, "skipped": 1, "skipped_samples": 1}
 
 
 def test_localization_activitynet_json(tmp_path):
@@ -189,12 +196,15 @@ def test_vis_masks_and_frames_read_back(tmp_path, compressed):
     assert summary.skipped[0]["path"] == "v2/00000.jpg" and "00001.jpg: missing file" in summary.skipped[0]["reason"]
     (rec,) = _records(tmp_path / "out")
     assert rec["video_id"] == "v1" and rec["dataset"] == ("LVVIS" if compressed else "YoutubeVIS")
-    np.testing.assert_array_equal(rec["categories"], [1, 0])  # person (id 7) -> 1, cat (id 3) -> 0
+    np.testing.assert_array_equal(rec["categories"], [7, 3])  # the raw category ids, as the original
     np.testing.assert_allclose(rec["frame_times"], np.arange(4) / 6, atol=1e-6)  # stored in microseconds
     np.testing.assert_array_equal(schema.decode_masks(rec), truth["v1"])
     assert [frame_index_of(f) for f in jpeg.decode_frames(rec["frames"])] == [0, 1, 2, 3]
     meta = load_metadata(tmp_path / "out")
-    assert meta["class_names"] == ["cat", "person", "zebra"] and meta["counts"]["instances"] == 2
+    # The label table lists the names by category value (ids without a category are empty rows).
+    ds = "LVVIS" if compressed else "YoutubeVIS"
+    assert meta["label_tables"] == {ds: ["", "", "", "cat", "", "", "", "person", "", "zebra"]}
+    assert meta["counts"]["instances"] == 2
 
 
 def test_vis_resize_and_max_frames(tmp_path):
@@ -264,7 +274,9 @@ def test_coco_images_as_single_frame_items(tmp_path):
     ann = tmp_path / "train_COCOPseudoVIS.json"
     ann.write_text(json.dumps(data))
     summary = _run("vis", ann, root, tmp_path / "out", opts=Options(short_side=24))
-    assert summary.num_examples == 1 and summary.num_annotations == 1
+    # The image without annotations is listed as skipped (the original drops it silently).
+    assert summary.num_examples == 1 and summary.num_annotations == 2
+    assert [(s["path"], s["reason"]) for s in summary.skipped] == [("000002.jpg", "image has no annotations")]
     (rec,) = _records(tmp_path / "out")
     assert rec["video_id"] == "000001" and rec["dataset"] == "COCOPseudoVIS" and len(rec["frames"]) == 1
     np.testing.assert_array_equal(rec["categories"], [1, 0])  # dog (id 18) -> 1, person (id 1) -> 0

@@ -121,6 +121,7 @@ def _assert_raw_tfds_matches(ex: dict, rec: dict):
     assert ex["task"] == rec["task"].encode() and ex["schema_version"] == rec["schema_version"]
     v = ex["video"]
     assert v["id"] == rec["video_id"].encode() and v["dataset"] == rec["dataset"].encode()
+    assert v["source"] == rec["source"].encode()
     assert (v["height"], v["width"]) == (rec["height"], rec["width"])
     for name in ("fps", "source_fps", "duration"):
         assert v[name] == rec[name], name  # float32 in both
@@ -134,8 +135,11 @@ def _assert_raw_tfds_matches(ex: dict, rec: dict):
     if "captions" in rec:
         assert ex["captions"] == [c.encode() for c in rec["captions"]]
         checked.add("captions")
+    if "trim_seconds" in rec:
+        assert ex["trim_seconds"] == rec["trim_seconds"]
+        checked.add("trim_seconds")
     for name in ("windows", "relevant_windows", "relevant_window_caption", "segments", "segment_labels",
-                 "categories"):
+                 "categories", "caption_row"):
         if name in rec:
             got = ex[name]
             assert got.dtype == rec[name].dtype and got.shape == rec[name].shape, name

@@ -216,13 +216,14 @@ def test_eval_clips_and_targets_read_back(records, task):
         assert idx.min() >= 4 and idx.max() <= 12
         np.testing.assert_array_equal(out["label"], ((idx / FPS >= 1) & (idx / FPS <= 3)).astype(np.float32))
     elif task == "localization":
+        # The element is the record's row 0: only that row's class (4 % 3 = 1), in its window; row 1's
+        # segment [4, 5] (class 7) is another sample's.
         t = idx / FPS
-        want = np.where((t >= 0.5) & (t <= 2.0), 1, np.where((t >= 4) & (t <= 5), 7, -1))
-        np.testing.assert_array_equal(out["label"], want)
+        np.testing.assert_array_equal(out["label"], np.where((t >= 0.5) & (t <= 2.0), 1, -1))
     elif task == "vis":
-        assert out["mask"].shape == (T, SIZE // 4, SIZE // 4)
-        # Eval crop = centre 32 x 32 box (columns 4..35); patch centres sit at source offsets 4, 12, 20, 28.
-        rows = np.array([4, 12, 20, 28])
+        assert out["mask"].shape == (T, SIZE, SIZE)  # the input resolution (the original's loss)
+        # Eval crop = centre 32 x 32 box (columns 4..35) resized to 16: pixel centres at source offsets 1, 3, ...
+        rows = 2 * np.arange(SIZE) + 1
         cols = 4 + rows
         for f, i in zip(out["mask"], idx):
             want = np.where(square_mask(i)[rows][:, cols] > 0, 0, -1)  # category 4 % 4 = 0, background -1
@@ -331,7 +332,7 @@ def test_builtin_dataset_through_the_config(tmp_path):
     for clip, label in zip(ssv2["video"], ssv2["label"]):
         xs = _centroid_x(clip)  # direction of motion must still match the label: no flip on ssv2
         assert (xs[-1] > xs[0]) == (label == 0)
-    assert batches[5]["mask"].shape == (8, 8, 4, 4) and (batches[5]["mask"] >= 0).any()
+    assert batches[5]["mask"].shape == (8, 8, 32, 32) and (batches[5]["mask"] >= 0).any()
 
 
 def test_builtin_tfrecord_and_arrayrecord_read_the_same(tmp_path):
@@ -340,3 +341,17 @@ def test_builtin_tfrecord_and_arrayrecord_read_the_same(tmp_path):
     sa, sb = sources.open_source(a["grounding"]), sources.open_source(b["grounding"])
     assert len(sa) == len(sb) == 2 and [sa[i] for i in range(2)] == [sb[i] for i in range(2)]
     assert sources.load_metadata(b["grounding"])["format"] == "tfrecord"
+
+
+def test_vis_patch_resolution_option(records):
+    """mask_resolution="patch": one target per patch, the source pixel under each patch centre."""
+    out = transforms.make_transform("vis", options(train=False, mask_resolution="patch")).random_map(
+        records["vis"][4], np.random.default_rng(0))
+    assert out["mask"].shape == (T, SIZE // 4, SIZE // 4)
+    # Eval crop = centre 32 x 32 box (columns 4..35); patch centres sit at source offsets 4, 12, 20, 28.
+    rows = np.array([4, 12, 20, 28])
+    for f, i in zip(out["mask"], out["frame_index"]):
+        np.testing.assert_array_equal(f, np.where(square_mask(i)[rows][:, 4 + rows] > 0, 0, -1))
+    with pytest.raises(ValueError, match="mask_resolution"):
+        transforms.make_transform("vis", options(train=False, mask_resolution="pixel")).random_map(
+            records["vis"][4], np.random.default_rng(0))

@@ -56,14 +56,13 @@ def test_fixfps_window_centres_and_clamps():
     assert sampling.fixfps_window(5.0, 40.0, 100.0, 16) == (5.0, 40.0)  # long GT kept as is
 
 
-def test_fixfps_indices_follow_frame_times():
-    times = np.arange(200) / 4.0  # 4 fps
-    for s in range(20):
-        idx = sampling.fixfps_indices(times, (10.0, 26.0), 16, rng(s), True)
-        assert np.all(np.diff(idx) >= 0)
-        assert times[idx].min() >= 10.0 and times[idx].max() <= 26.0
-        assert len(np.unique(idx)) == 16  # 64 frames in the window, one per 4-frame segment
-    tail = sampling.fixfps_indices(times[:20], (0.0, 16.0), 16, rng(), True)
+def test_fixfps_indices_segments_include_their_end():
+    # 4 fps, window [10, 26] s -> frames s = 40, e = 104, 16 segments of 4: [40 + 4i, 44 + 4i], both ends drawn.
+    draws = np.stack([sampling.fixfps_indices(200, 4.0, (10.0, 26.0), 16, rng(s), True) for s in range(300)])
+    lo, hi = 40 + 4 * np.arange(16), 44 + 4 * np.arange(16)
+    assert np.all(draws >= lo) and np.all(draws <= hi)
+    assert np.all(draws.min(axis=0) == lo) and np.all(draws.max(axis=0) == hi)  # randint(a, b) is inclusive
+    tail = sampling.fixfps_indices(20, 4.0, (0.0, 16.0), 16, rng(), True)
     assert tail.max() <= 19  # the window runs past the video: clipped to the last frame
 
 

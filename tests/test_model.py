@@ -73,11 +73,23 @@ def test_any_clip_length(num_frames):
 
 
 def test_time_ids_follow_official_rule():
-    np.testing.assert_array_equal(clip_time_ids(3, 16), [0, 1, 2])
+    np.testing.assert_array_equal(clip_time_ids(3, 16), [0, 1, 2])  # T <= F: the first T rows
     np.testing.assert_array_equal(clip_time_ids(16, 16), np.arange(16))
-    # T > F: torch's nearest interpolation picks floor(t * F / T)
-    np.testing.assert_array_equal(clip_time_ids(48, 16), np.arange(48) * 16 // 48)
-    np.testing.assert_array_equal(clip_time_ids(20, 16)[:6], [0, 0, 1, 2, 3, 4])
+    # T = 82: the float32 scale puts frame 41 on row 7, where the exact floor(41 * 16 / 82) would be 8.
+    assert clip_time_ids(82, 16)[41] == 7
+
+
+@pytest.mark.parametrize("table", [4, 16])
+def test_time_ids_equal_torch_nearest_interpolation(table):
+    """Every clip length 1..2000 against torch itself: the original slices the first T rows for T < F and calls
+    `F.interpolate(time_embeddings, size=T, mode="nearest")` for T > F."""
+    torch = pytest.importorskip("torch")
+    rows = torch.arange(table, dtype=torch.float32).reshape(1, 1, table)
+    for t in range(1, 2001):
+        want = np.arange(t) if t <= table else \
+            torch.nn.functional.interpolate(rows, size=t, mode="nearest")[0, 0].numpy().astype(np.int64)
+        got = clip_time_ids(t, table)
+        assert np.array_equal(got, want), f"T={t}: first mismatch at frame {np.flatnonzero(got != want)[:1]}"
 
 
 def test_temporal_attention_is_causal():

@@ -235,3 +235,38 @@ def test_vis_class_subsampling_is_seeded_keeps_positives_and_renormalises():
             remapped[i][mask[i] == cls] = j
     ref = _vis_reference(patches, None, None, remapped, emb_override=[_n(e[s]) for s in selected])
     np.testing.assert_allclose(float(loss), ref, rtol=1e-4)
+
+
+vis_by_frame = jax.jit(_losses.vis_loss_by_frame, static_argnames=("max_classes",))
+
+
+def test_vis_loss_by_frame_is_the_same_loss_in_bounded_memory():
+    """The training loss (a scan over frames, rematerialised) equals the all-frames loss, with upsampling to the
+    input resolution and the per-dataset class subsampling, in value and gradient."""
+    b, t, h, w, d, k = 3, 3, 2, 2, 8, 5
+    sets = [_n(_rand(20, 4, d)), _template_mean(21, 9, d, k=3)]  # dataset 1 has more than k classes
+    table = np.zeros((2, 9, d), np.float32)
+    valid = np.zeros((2, 9), bool)
+    for i, e in enumerate(sets):
+        table[i, : len(e)], valid[i, : len(e)] = e, True
+    ds = np.array([0, 1, 1])
+    mask = np.random.default_rng(22).integers(-1, 4, (b, t, 8, 8)).astype(np.int32)
+    mask[2, :, :2] = 8
+    patches = _rand(23, b, t, h, w, d)
+    key = jax.random.key(3)
+    full, logits, target = jax.jit(_losses.vis_loss, static_argnames=("max_classes", "return_target"))(
+        patches, table, mask, S, BIAS, valid=valid, dataset_id=ds, rng=key, max_classes=k, return_target=True)
+    loss, acc = vis_by_frame(patches, table, mask, S, BIAS, valid=valid, dataset_id=ds, rng=key, max_classes=k)
+    np.testing.assert_allclose(float(loss), float(full), rtol=1e-6)
+    ok = np.asarray(target) >= 0
+    want_acc = ((np.argmax(np.asarray(logits), -1) == np.asarray(target)) & ok).sum() / ok.sum()
+    assert float(acc) == pytest.approx(want_acc)
+    grad = lambda f: jax.grad(lambda p: f(p, table, mask, S, BIAS, valid=valid, dataset_id=ds, rng=key,  # noqa
+                                          max_classes=k)[0])(jnp.asarray(patches))
+    np.testing.assert_allclose(grad(vis_by_frame), grad(losses.vis_loss), rtol=1e-5, atol=1e-7)
+    # Sample 0's dataset has 4 <= k classes: it keeps all of them, un-renormalised, whatever the other datasets
+    # hold (the original subsamples only a dataset with more than its threshold, here LV-VIS).
+    one, _ = vis_by_frame(patches[:1], table, mask[:1], S, BIAS, valid=valid, dataset_id=ds[:1], rng=key,
+                          max_classes=k)
+    np.testing.assert_allclose(float(one), _vis_reference(patches[:1], [sets[0]], np.array([0]), mask[:1]),
+                               rtol=1e-4)

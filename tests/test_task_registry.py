@@ -35,10 +35,14 @@ def test_the_original_six_tasks_in_the_original_order():
     ("retrieval", "video7", "MSRVTT", "video7.mp4"),
     ("retrieval", "clip", "LSMDC", "clip.avi"),
     ("retrieval", "clip", "MSVD", "clip.avi"),
-    ("retrieval", "clip.webm", "WebVid", "clip.webm"),  # an id with a suffix is the file name
+    ("retrieval", "clip.webm", "WebVid", "clip.webm.mp4"),  # only ".mp4" counts as already there (the original)
+    ("retrieval", "clip.mp4", "DiDeMo", "clip.mp4"),
+    ("retrieval", "1004_Juno_00.00.32.176-00.00.36.963", "LSMDC", "1004_Juno_00.00.32.176-00.00.36.963.avi"),
     ("grounding", "s13-d21", "TaCoS", "s13-d21-cam-002.avi"),
     ("grounding", "abc", "QVHighlights", "abc.mp4"),
     ("localization", "abc", "HACS", "v_abc.mp4"),
+    ("localization", "abc.mp4", "HACS", "v_abc.mp4"),
+    ("localization", "s13-d21", "TaCoS", "s13-d21-cam-002.avi"),
     ("localization", "abc", "FineAction", "abc.mp4"),
 ])
 def test_per_dataset_video_file_rules(task, video_id, dataset, expected):

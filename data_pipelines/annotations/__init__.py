@@ -8,8 +8,10 @@ from __future__ import annotations
 from streamformer_jax.tasks import registry
 
 from .common import AnnotationError, ClassNames, Item, load_class_names
+from .original import OriginalTask, load_metadata
 
-__all__ = ["AnnotationError", "ClassNames", "Item", "load_class_names", "parse_annotations", "class_names_for"]
+__all__ = ["AnnotationError", "ClassNames", "Item", "OriginalTask", "load_class_names", "load_metadata",
+           "parse_annotations", "class_names_for"]
 
 
 def parse_annotations(task: str, path, video_root, classes: ClassNames | None = None,
@@ -20,11 +22,13 @@ def parse_annotations(task: str, path, video_root, classes: ClassNames | None = 
     return spec.parse_annotations(path, video_root, classes, video_file=spec.video_file, task=task, **options)
 
 
-def class_names_for(task: str, path, classes: ClassNames | None, **options) -> list[str]:
-    """Class names to record in metadata.json (empty for caption tasks)."""
+def class_names_for(task: str, path, classes: ClassNames | None, **options) -> list[str] | dict[str, list[str]]:
+    """The label table(s) to record in metadata.json: names by id, or ``{dataset: names by id}`` for per-dataset
+    tables (nested label2id); empty for caption tasks."""
     if classes is not None:
-        return list(classes.names)
+        return classes.tables()
     spec = registry.get(task)
     if spec.annotation_class_names is None:
         return []
-    return list(spec.annotation_class_names(path, **options))
+    names = spec.annotation_class_names(path, **options)
+    return {k: list(v) for k, v in names.items()} if isinstance(names, dict) else list(names)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from .common import AnnotationError, ClassNames, Item, read_json, read_rows, resolve
+from . import original
 
 
 def _label(text: str, classes: ClassNames | None, path, lineno: int) -> int:
@@ -89,3 +90,24 @@ def _parse_ssv2_json(path, video_root, classes: ClassNames | None, task: str) ->
             raise AnnotationError(path, None, f"entry {i}: {err.args[0]}") from None
         items.append(Item(video_id=vid, source=resolve(video_root, vid + ".webm"), fields={"label": label}))
     return items
+
+
+def read_original(block) -> original.OriginalTask:
+    """Kinetics / SSV2 block of the original metadata: ``data_path/train.csv`` read as ``pandas.read_csv(header=None,
+    delimiter=split)``: one sample per row, video ``os.path.join(prefix, column 0)``, label ``label2id[column 1]``."""
+    path = original.data_file(block)
+    table = original.label2id(block)
+    classes = original.class_names(table, str(block["label2id_path"]))
+    prefix = str(block.get("prefix") or "")
+    items = []
+    for lineno, row in read_rows(path, delimiter=str(block.get("split") or ",")):
+        if len(row) < 2 or not row[0].strip():
+            raise AnnotationError(path, lineno, f"expected 'path{block.get('split') or ','}label', got {row!r}")
+        name = row[1]
+        if name not in table:
+            raise AnnotationError(path, lineno, f"class {name!r} is not in {block['label2id_path']}")
+        items.append(Item(video_id=os.path.splitext(row[0])[0], source=os.path.join(prefix, row[0]),
+                          fields={"label": int(table[name])}))
+    if not items:
+        raise AnnotationError(path, None, "no rows")
+    return original.OriginalTask(items, classes.tables(), [path])

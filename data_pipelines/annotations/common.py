@@ -34,14 +34,25 @@ class Item:
     duration: float | None = None  # from the annotation, when it gives one
     frame_files: tuple[str, ...] = ()
     masks: tuple = ()
+    # Why this item cannot be converted (e.g. a VIS video without annotations, a malformed segmentation): the
+    # converter lists it as skipped with this reason, with its path and dataset, and goes on.
+    problem: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassNames:
-    """Class-name table: ``names[i]`` is class i. ``per_dataset`` holds nested label2id tables when given."""
+    """Class-name table: ``names[i]`` is class i. ``per_dataset`` holds nested label2id tables when given (then
+    ``names`` is empty: a class id means something only within its dataset's table)."""
 
     names: tuple[str, ...]
     per_dataset: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+
+    def tables(self) -> list[str] | dict[str, list[str]]:
+        """The label tables for metadata.json: names by id, or per dataset ``{dataset: names by id}`` (an id
+        that no class has is an empty name: that row of the label embeddings is unused)."""
+        if not self.per_dataset:
+            return list(self.names)
+        return {ds: names_by_id(t) for ds, t in self.per_dataset.items()}
 
     def index(self, name: str, dataset: str = "") -> int:
         if self.per_dataset:
@@ -67,10 +78,15 @@ def load_class_names(path) -> ClassNames:
         if not isinstance(table, dict) or not table:
             raise AnnotationError(path, None, "class table must be a non-empty JSON object")
         if all(isinstance(v, dict) for v in table.values()):
-            nested = {ds: {str(k): int(v) for k, v in t.items()} for ds, t in table.items()}
-            # Flat names for metadata: every dataset's names, ordered by (dataset order, id).
-            names = tuple(f"{ds}/{n}" for ds, t in nested.items() for n, _ in sorted(t.items(), key=lambda x: x[1]))
-            return ClassNames(names, nested)
+            nested = {}
+            for ds, t in table.items():
+                try:
+                    nested[ds] = {str(k): int(v) for k, v in t.items()}
+                except (TypeError, ValueError):
+                    raise AnnotationError(path, None, f"{ds}: class ids must be integers") from None
+                if any(i < 0 for i in nested[ds].values()) or len(set(nested[ds].values())) != len(nested[ds]):
+                    raise AnnotationError(path, None, f"{ds}: class ids must be distinct and >= 0")
+            return ClassNames((), nested)
         flat = {str(k): int(v) for k, v in table.items()}
         ids = sorted(flat.values())
         if ids != list(range(len(ids))):
@@ -86,6 +102,15 @@ def load_class_names(path) -> ClassNames:
     if len(set(names)) != len(names):
         raise AnnotationError(path, None, "duplicate class names")
     return ClassNames(tuple(names))
+
+
+def names_by_id(label2id: dict[str, int]) -> list[str]:
+    """``{name: id}`` -> ``names[id]`` (spec §10.22: rows ordered by id, not by JSON key order); ids without a
+    class get an empty name."""
+    names = [""] * (max(label2id.values()) + 1 if label2id else 0)
+    for name, i in label2id.items():
+        names[int(i)] = name
+    return names
 
 
 def read_rows(path, delimiter: str = ",") -> Iterator[tuple[int, list[str]]]:
@@ -167,8 +192,12 @@ def parse_windows(value: Any, path, lineno: int) -> list[tuple[float, float]]:
 
 
 def resolve(video_root, name: str, dataset: str = "") -> str:
-    """Video path: ``root/dataset/name`` when that exists (one root with a folder per dataset), else
-    ``root/name``. A missing file is not an error here: the converter reports it as skipped."""
+    """Video path. ``video_root`` a mapping ``{dataset: root}`` (the original metadata's ``root_dir``):
+    exactly ``root[dataset]/name``, as the original loaders join them. A single root: ``root/dataset/name``
+    when that exists (one root with a folder per dataset), else ``root/name``. A missing file is not an error
+    here: the converter reports it as skipped."""
+    if isinstance(video_root, dict):
+        return os.path.join(video_root[dataset], name)
     if dataset:
         candidate = os.path.join(video_root, dataset, name)
         if os.path.exists(candidate):

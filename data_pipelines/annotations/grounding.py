@@ -1,10 +1,11 @@
-"""Temporal grounding queries, grouped into one item per video.
+"""Temporal grounding queries, grouped into one item per video; each query (annotation row) is one sample.
 
 Accepted annotation files:
 
 * the original's CSV (``task_grounding.py``): header with ``video_id``, ``start_second``, ``end_second``,
   ``text``, ``relevant_windows`` (Python-literal ``[[s, e], ...]``), ``dataset``; optional ``duration``.
-  Video file: ``video_id + ".mp4"``, or ``video_id + "-cam-002.avi"`` for TaCoS.
+  Video file (the task's rules): ``video_id + "-cam-002.avi"`` for TaCoS, else ``video_id + ".mp4"`` unless it
+  already ends with ``.mp4``.
 * Charades-STA text lists (``.txt``): ``VIDEO START END##sentence``; video ``VIDEO.mp4``.
 * QVHighlights JSON lines (``.jsonl``): ``{"query", "vid", "duration", "relevant_windows"}``; the caption's
   window is the span of its relevant windows.
@@ -13,8 +14,13 @@ Each caption gets ``windows[i] = (start, end)`` and all its relevant windows (se
 """
 from __future__ import annotations
 
+from streamformer_jax.tasks import registry
+
+from . import original
 from .common import (AnnotationError, Item, parse_float, parse_literal, parse_windows, read_dict_rows,
                      read_jsonl, resolve)
+
+WINDOW_COLUMNS = ("video_id", "start_second", "end_second", "text", "relevant_windows", "dataset")
 
 
 class _Grouper:
@@ -58,18 +64,35 @@ def parse(path, video_root, classes=None, *, video_file, **options) -> list[Item
     if p.endswith(".txt"):
         return _parse_charades(path, video_root, video_file)
     groups = _Grouper()
-    rows = read_dict_rows(path, ("video_id", "start_second", "end_second", "text", "relevant_windows", "dataset"))
-    for lineno, row in rows:
+    for lineno, row in window_rows(path, video_root):
+        groups.add(row["video_id"], row["dataset"], row["text"], row["window"], row["relevant"], row["duration"])
+    return groups.items(path, video_root, video_file)
+
+
+def window_rows(path, video_root=None):
+    """(line, row) of an original grounding/localization CSV with parsed windows: ``window`` = (start_second,
+    end_second), ``relevant`` = the relevant windows, ``duration`` (None when absent)."""
+    for lineno, row in read_dict_rows(path, WINDOW_COLUMNS):
         start = parse_float(row["start_second"], path, lineno, "start_second")
         end = parse_float(row["end_second"], path, lineno, "end_second")
         if not 0 <= start <= end:
             raise AnnotationError(path, lineno, f"bad window [{start}, {end}]")
         relevant = parse_windows(parse_literal(row["relevant_windows"], path, lineno, "relevant_windows"),
                                  path, lineno)
-        duration = row.get("duration", "").strip()
-        duration = parse_float(duration, path, lineno, "duration") if duration else None
-        groups.add(row["video_id"].strip(), row["dataset"].strip(), row["text"], (start, end), relevant, duration)
-    return groups.items(path, video_root, video_file)
+        duration = (row.get("duration") or "").strip()
+        dataset = row["dataset"].strip()
+        if isinstance(video_root, dict):
+            original.check_root(video_root, dataset, path, lineno)
+        yield lineno, {"video_id": row["video_id"].strip(), "dataset": dataset, "text": row["text"],
+                       "window": (start, end), "relevant": relevant,
+                       "duration": parse_float(duration, path, lineno, "duration") if duration else None}
+
+
+def read_original(block) -> original.OriginalTask:
+    """TaskGrounding block: ``data_path/train.csv``, videos under ``data_dict.root_dir[dataset]``."""
+    path = original.data_file(block)
+    items = parse(path, original.root_dirs(block), video_file=registry.get("grounding").video_file)
+    return original.OriginalTask(items, None, [path])
 
 
 def _parse_charades(path, video_root, video_file) -> list[Item]:

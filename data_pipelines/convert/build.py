@@ -35,6 +35,10 @@ class Options:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
 
 
+class SegmentationError(ValueError):
+    """A VIS segmentation that does not decode to a mask of its frame (the item is skipped with this reason)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
     """A record (``data``) or the reason the item was skipped. ``num_frames`` feeds the counts."""
@@ -76,10 +80,13 @@ def _image_sequence_example(item: Item, opts: Options) -> dict:
         rgb = video.read_image(item.frame_files[i], opts.short_side)
         frames.append(jpeg.encode_jpeg(rgb, opts.jpeg_quality))
         height, width = rgb.shape[:2]
-    for segs in item.masks:
+    for k, segs in enumerate(item.masks):
         per_frame = []
         for i in keep:
-            m = decode_segmentation(segs[i], src.height, src.width)
+            try:
+                m = decode_segmentation(segs[i], src.height, src.width)
+            except (ValueError, TypeError, KeyError) as err:
+                raise SegmentationError(f"malformed segmentation (instance {k}, frame {int(i)}): {err}") from None
             if m is None:
                 m = np.zeros((height, width), np.uint8)
             elif m.shape != (height, width):
@@ -95,11 +102,16 @@ def _image_sequence_example(item: Item, opts: Options) -> dict:
 def build_example(item: Item, task: str, opts: Options) -> dict:
     """The schema dict of one item (raises VideoReadError / ValueError for unusable inputs)."""
     base = _image_sequence_example(item, opts) if item.frame_files else _video_example(item, opts)
-    return {"task": task, "video_id": item.video_id, "dataset": item.dataset, **base, **item.fields}
+    # What was decoded: the video file, or the folder of an image sequence.
+    source = os.path.dirname(item.frame_files[0]) if len(item.frame_files) > 1 else item.source
+    return {"task": task, "video_id": item.video_id, "dataset": item.dataset, "source": source, **base,
+            **item.fields}
 
 
 def run_item(item: Item, task: str, opts: Options) -> Result:
     """Worker entry point: never raises for a bad input, it reports the reason instead."""
+    if item.problem is not None:  # the parser already knows this item cannot be converted
+        return Result(None, item.problem)
     try:
         example = build_example(item, task, opts)
         return Result(schema.encode_record(example), num_frames=len(example["frames"]))
@@ -107,5 +119,7 @@ def run_item(item: Item, task: str, opts: Options) -> Result:
         # Image sequences: say which frame file failed (the skip entry names the sequence's first file).
         reason = err.reason if err.path == item.source else f"{os.path.basename(err.path)}: {err.reason}"
         return Result(None, reason)
+    except SegmentationError as err:
+        return Result(None, str(err))
     except (ValueError, OSError) as err:  # unusable masks, unreadable image, etc.: skip, keep the reason
         return Result(None, f"{type(err).__name__}: {err}")

@@ -35,10 +35,11 @@ class Summary:
     skipped: list[dict]
     out_dir: str
     resumed_shards: int
+    num_samples: int = 0
 
     def line(self) -> str:
-        return (f"wrote {self.num_examples} of {self.num_annotations} examples to {self.out_dir} "
-                f"({len(self.skipped)} skipped, {self.resumed_shards} shards reused)")
+        return (f"wrote {self.num_examples} of {self.num_annotations} examples ({self.num_samples} samples) to "
+                f"{self.out_dir} ({len(self.skipped)} skipped, {self.resumed_shards} shards reused)")
 
 
 def _fingerprint(task: str, fmt: str, opts: Options, items: list[Item]) -> str:
@@ -51,6 +52,8 @@ def _fingerprint(task: str, fmt: str, opts: Options, items: list[Item]) -> str:
 
 
 def _rel(path: str, root: str) -> str:
+    if not root:
+        return path
     rel = os.path.relpath(path, root)
     return path if rel.startswith("..") else rel
 
@@ -93,7 +96,19 @@ def convert(task: str, annotations: str, video_root: str, out_dir: str, *, class
     classes = load_class_names(class_names) if class_names else None
     items = parse_annotations(task, annotations, video_root, classes, subset=subset, dataset=dataset)
     names = class_names_for(task, annotations, classes, subset=subset)
+    return convert_items(task, items, out_dir, labels=names, annotations=[annotations], video_root=video_root,
+                         fmt=fmt, workers=workers, opts=opts, shard_size=shard_size, num_shards=num_shards,
+                         progress=progress, runner=runner)
 
+
+def convert_items(task: str, items: list[Item], out_dir: str, *, labels, annotations: list[str],
+                  video_root: str | dict | None = None, fmt: str = "arrayrecord", workers: int = 1,
+                  opts: Options = Options(), shard_size: int | None = None, num_shards: int | None = None,
+                  progress: bool = True, runner: str | None = None) -> Summary:
+    """Convert parsed items into ``out_dir`` (shards, metadata.json, report.txt). ``labels``: the label table
+    (names by id), per-dataset tables ``{dataset: names by id}``, or [] (caption tasks). ``video_root``: what
+    skipped paths are reported relative to (a single root; None or per-dataset roots: as resolved)."""
+    video_root = video_root if isinstance(video_root, str) else ""
     os.makedirs(os.path.join(out_dir, shards.PROGRESS_DIR), exist_ok=True)
     shards.remove_stale_temps(out_dir)
     n_shards = shards.num_shards_for(len(items), shard_size, num_shards)
@@ -108,7 +123,7 @@ def convert(task: str, annotations: str, video_root: str, out_dir: str, *, class
 
     if runner:
         markers = _run_beam(plan, out_dir, fmt, task, opts, video_root, runner, workers)
-        return _finish(out_dir, task, fmt, annotations, names, opts, items, markers,
+        return _finish(out_dir, task, fmt, annotations, labels, opts, items, markers,
                        resumed=sum(m is not None for *_, m in plan))
     todo = [it for _, _, its, _, marker in plan if marker is None for it in its]
     done_items = len(items) - len(todo)
@@ -124,7 +139,7 @@ def convert(task: str, annotations: str, video_root: str, out_dir: str, *, class
     finally:
         results.close()  # stops the pool if a shard failed half-way
         bar.close()
-    return _finish(out_dir, task, fmt, annotations, names, opts, items, markers,
+    return _finish(out_dir, task, fmt, annotations, labels, opts, items, markers,
                    resumed=sum(m is not None for *_, m in plan))
 
 
@@ -155,45 +170,66 @@ def _run_beam(plan, out_dir, fmt, task, opts, video_root, runner, workers) -> li
 
 def _write_shard(out_dir, name, fmt, task, shard_items, results: Iterator[Result], fingerprint, video_root,
                  bar, tally: collections.Counter) -> dict:
-    skipped, counts, frames = [], collections.Counter(), 0
+    spec = registry.get(task)
+    skipped, counts, frames, record_samples = [], collections.Counter(), 0, []
+    datasets: dict[str, collections.Counter] = {}
     with shards.ShardWriter(os.path.join(out_dir, name), fmt) as writer:
         for item in shard_items:
             res = next(results)
+            n = spec.samples_in(item.fields) if item.problem is None else 0
+            ds = datasets.setdefault(item.dataset, collections.Counter(videos=0, samples=0, skipped=0,
+                                                                       skipped_samples=0))
             if res.data is None:
                 skipped.append({"path": _rel(item.source, video_root), "video_id": item.video_id,
-                                "reason": res.reason})
+                                "dataset": item.dataset, "reason": res.reason})
+                ds.update(skipped=1, skipped_samples=n)
             else:
                 writer.write(res.data)
                 frames += res.num_frames
-                counts.update(registry.get(task).counts(item.fields))
+                counts.update(spec.counts(item.fields))
+                record_samples.append(n)
+                ds.update(videos=1, samples=n)
             tally["skipped" if res.data is None else "written"] += 1
             bar.set_postfix(tally, refresh=False)
             bar.update(1)
     counts["frames"] = frames
     marker = {"file": name, "num_examples": writer.count, "num_annotations": len(shard_items),
-              "skipped": skipped, "counts": dict(counts), "fingerprint": fingerprint}
+              "skipped": skipped, "counts": dict(counts), "fingerprint": fingerprint,
+              "record_samples": record_samples, "datasets": {k: dict(v) for k, v in datasets.items()}}
     shards.write_json(os.path.join(out_dir, shards.PROGRESS_DIR, name + ".json"), marker)
     return marker
 
 
-def _finish(out_dir, task, fmt, annotations, names, opts, items, markers: Iterable[dict], resumed) -> Summary:
+def _finish(out_dir, task, fmt, annotations, labels, opts, items, markers: Iterable[dict], resumed) -> Summary:
     markers = list(markers)
     skipped = [s for m in markers for s in m["skipped"]]
-    counts = collections.Counter()
+    counts, datasets = collections.Counter(), {}
     for m in markers:
         counts.update(m["counts"])
+        for ds, c in m["datasets"].items():
+            datasets.setdefault(ds, collections.Counter()).update(c)
+    record_samples = [n for m in markers for n in m["record_samples"]]
     num_examples = sum(m["num_examples"] for m in markers)
+    per_dataset = isinstance(labels, dict)
+    names = [] if per_dataset else list(labels)
     meta = {
         "schema_version": schema.SCHEMA_VERSION,
         "task": task,
         "format": fmt,
-        "annotations": os.path.basename(annotations),
+        "annotations": [os.path.basename(a) for a in annotations] if len(annotations) > 1
+        else os.path.basename(annotations[0]),
         "num_annotations": len(items),
         "num_examples": num_examples,
+        # The original's dataset length for this task (one sample per annotation row), of the converted records.
+        "num_samples": int(sum(record_samples)),
         "num_skipped": len(skipped),
         "skipped": skipped,
         "counts": dict(sorted(counts.items())),
-        "class_names": list(names),
+        # Per source dataset: converted videos (or images), their samples, skipped videos and their samples.
+        "datasets": {ds: dict(sorted(c.items())) for ds, c in datasets.items()},
+        "class_names": names,
+        **({"label_tables": {ds: list(t) for ds, t in labels.items()}} if per_dataset else {}),
+        **({"record_samples": record_samples} if any(n != 1 for n in record_samples) else {}),
         "options": dataclasses.asdict(opts),
         "shards": [shards.shard_entry(m["file"], m["num_examples"], fmt) for m in markers],
     }
@@ -201,11 +237,13 @@ def _finish(out_dir, task, fmt, annotations, names, opts, items, markers: Iterab
     # tfds metadata last, from the same markers: a resumed run rewrites it like metadata.json.
     tfds_info.write(out_dir, task, fmt, [m["file"] for m in markers], [m["num_examples"] for m in markers],
                     class_names=names,
-                    description=f"StreamFormer {task} records converted from {os.path.basename(annotations)} "
+                    description=f"StreamFormer {task} records converted from {meta['annotations']} "
                                 f"by data_pipelines.convert (schema_version {schema.SCHEMA_VERSION}).")
-    summary = Summary(len(items), num_examples, skipped, out_dir, resumed)
+    summary = Summary(len(items), num_examples, skipped, out_dir, resumed, meta["num_samples"])
     # No paths or run-specific numbers in the report: same input -> same bytes, wherever it was written.
-    head = f"{task}: wrote {num_examples} of {len(items)} examples ({len(skipped)} skipped)"
-    lines = [head] + [f"SKIPPED {s['path']}: {s['reason']}" for s in skipped]
+    head = (f"{task}: wrote {num_examples} of {len(items)} examples, {meta['num_samples']} samples "
+            f"({len(skipped)} skipped)")
+    lines = [head] + [f"SKIPPED {s['path']}" + (f" ({s['dataset']})" if s.get("dataset") else "")
+                      + f": {s['reason']}" for s in skipped]
     shards.write_text(os.path.join(out_dir, "report.txt"), "\n".join(lines) + "\n")
     return summary

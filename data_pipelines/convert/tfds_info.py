@@ -54,7 +54,7 @@ FILE_FORMATS = {"arrayrecord": "array_record", "tfrecord": "tfrecord"}
 
 _PKG = "tensorflow_datasets.core.features."
 # Always written by the converter (build.py), so every record of a converted directory has them.
-_ALWAYS = ("schema_version", "dataset", "duration")
+_ALWAYS = ("schema_version", "dataset", "duration", "source")
 
 
 def _tensor(shape: Sequence[int | None], dtype: str) -> dict:

@@ -2,9 +2,12 @@
 
 Chain per task (each a random-access `grain.MapDataset`, so nothing is read before it is needed):
 
-  source -> shuffle(seed) -> repeat -> random_map(decode + sample + augment) -> [host::hosts] -> batch(B / hosts)
+  records -> samples (one per annotation row, `samples.SampleSource`) -> TaskStream (the original sampler's
+  per-epoch shuffles of the balanced samples) -> random_map(decode + sample + augment) -> [host::hosts]
+  -> batch(B / hosts)
 
-then `CycleMixMapDataset` (one task per batch) -> to_iter_dataset -> mp_prefetch (workers do the decoding).
+then `CycleMixMapDataset` over the mixture plan's epoch order (`mixture.original_plan`: one task per micro-batch,
+the original's cycles) -> to_iter_dataset -> mp_prefetch (workers do the decoding).
 `random_map` sits before the per-host slice so its per-example RNG is keyed by the position in the global
 stream: the same example gets the same crop whatever the number of hosts or worker processes. It is still
 evaluated lazily, inside the worker that reads that element.
@@ -14,6 +17,7 @@ every batch is a pure function of its index, and it does not depend on the worke
 """
 from __future__ import annotations
 
+import os
 import zlib
 from typing import Any, Mapping, Sequence
 
@@ -23,10 +27,11 @@ import numpy as np
 from absl import flags
 from jax.sharding import Mesh
 
-from data_pipelines.pipeline import mixture, transforms
+from data_pipelines.pipeline import label_tables, mixture, samples, transforms
 from data_pipelines.pipeline.builtin import build_builtin_dataset
 from data_pipelines.records import sources
 from streamformer_jax.sharding import batch_sharding
+from streamformer_jax.tasks import registry
 
 
 def derive_seed(seed: int, *names: str | int) -> int:
@@ -44,12 +49,18 @@ def task_dataset(
     process_index: int = 0,
     process_count: int = 1,
     train: bool = True,
+    copies: int = 1,
+    epoch_batches: int | None = None,
 ) -> grain.MapDataset:
-    """Batches of one task for this host. Training repeats forever; evaluation reads each record once, unshuffled
-    (its last, partial batch is kept)."""
+    """Batches of one task for this host. `source`: records or samples (`samples.SampleSource`). Training draws
+    the samples epoch after epoch (`samples.TaskStream`: `copies` = the balancing's replication, `epoch_batches`
+    = global batches per epoch, the rest of each epoch's permutation dropped; None: batches straddle epochs);
+    evaluation reads each sample once, unshuffled (its last, partial batch is kept)."""
     ds = grain.MapDataset.source(source)
     if train:
-        ds = ds.shuffle(seed=derive_seed(seed, transform.task, "shuffle")).repeat()
+        global_batch = host_batch_size * process_count
+        ds = samples.TaskStream(ds, seed=derive_seed(seed, transform.task, "shuffle"), copies=copies,
+                        epoch_elements=None if epoch_batches is None else epoch_batches * global_batch)
     ds = ds.random_map(transform, seed=derive_seed(seed, transform.task, "augment"))
     ds = ds[process_index::process_count]
     return ds.batch(host_batch_size, drop_remainder=train)
@@ -171,13 +182,15 @@ class GlobalBatchIterator(grain.DatasetIterator):
 # ------------------------------------------------------------------------------------------- from a config
 def task_options(config, task: str, train: bool = True) -> transforms.ClipOptions:
     t = config.tasks[task]
+    datasets = label_tables.dataset_order(directory_metadata(t.data_dir)) if t.get("data_dir") else ()
     return transforms.ClipOptions(
         num_frames=config.num_frames, size=config.image_size, train=train, flip=t.flip, crop=t.crop,
         rrc_scale=tuple(t.rrc_scale), rrc_ratio=tuple(t.rrc_ratio), scale_jitter=tuple(t.scale_jitter),
-        clip_seconds=t.clip_seconds, max_seconds=t.max_seconds, patch_size=t.patch_size,
+        clip_seconds=t.clip_seconds, patch_size=t.patch_size,
         randaugment=t.randaugment, randaugment_interpolation=t.randaugment_interpolation,
-        # Optional key (VIS only): COCO pseudo-video rotation range in degrees, 0 = off.
+        # Optional keys (VIS only): COCO pseudo-video rotation range in degrees (0 = off); target resolution.
         pseudo_video_max_angle=float(t.get("pseudo_video_max_angle", transforms.ClipOptions.pseudo_video_max_angle)),
+        mask_resolution=str(t.get("mask_resolution", transforms.ClipOptions.mask_resolution)), datasets=datasets,
     )
 
 
@@ -188,23 +201,76 @@ def task_dirs(config) -> dict[str, str]:
     return {name: t.data_dir for name, t in config.tasks.items() if t.data_dir}
 
 
+def directory_metadata(directory) -> dict:
+    """A record directory's metadata.json, or {} when it has none (a directory of bare shards)."""
+    return sources.load_metadata(directory) if os.path.exists(os.path.join(directory, "metadata.json")) else {}
+
+
+def task_samples(directory) -> samples.SampleSource:
+    """The samples of a converted task directory (`samples.SampleSource`: one per annotation row)."""
+    meta = directory_metadata(directory)
+    records = sources.open_source(directory)
+    return samples.SampleSource(records, record_samples(meta, len(records), directory))
+
+
+def record_samples(meta, num_records: int, directory="") -> list[int] | None:
+    """Samples per record from metadata.json (None: one each). Conversions before schema version 2 did not
+    count them; their multi-row tasks must be converted again."""
+    if "record_samples" in meta:
+        return list(meta["record_samples"])
+    task = meta.get("task")
+    if meta and int(meta.get("schema_version", 0)) < 2 and task in registry.names() \
+            and registry.get(task).record_samples is not None:
+        raise ValueError(f"{directory}: converted before samples were counted (schema version "
+                         f"{meta.get('schema_version')}); run the converter again to get one sample per annotation row")
+    return None
+
+
+def num_samples(directory) -> int:
+    """The task's dataset length as the original counts it (metadata.json `num_samples`)."""
+    meta = directory_metadata(directory)
+    if "num_samples" in meta:
+        return int(meta["num_samples"])
+    return len(task_samples(directory))
+
+
+def mixture_plan(config, dirs: Mapping[str, Any] | None = None) -> mixture.MixturePlan:
+    """The run's mixture (`mixture.MixturePlan`): the original sampler's epochs over the tasks' samples, or the
+    explicit `task_weights` cycle."""
+    dirs = task_dirs(config) if dirs is None else dirs
+    sizes = {name: num_samples(d) for name, d in dirs.items()}
+    if dict(config.task_weights):
+        return mixture.weighted_plan(sizes, dict(config.task_weights), tuple(config.task_order))
+    return mixture.original_plan(sizes, int(config.global_batch_size), tuple(config.task_order),
+                                 float(config.balance_scale))
+
+
 def build_train_dataset(config, process_index: int | None = None, process_count: int | None = None):
     """The mixed training `MapDataset` of host batches for this process (see module docstring)."""
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     if config.global_batch_size % pc:
         raise ValueError(f"global_batch_size {config.global_batch_size} is not divisible by {pc} processes")
-    srcs = {name: sources.open_source(d) for name, d in task_dirs(config).items()}
-    weights = dict(config.task_weights) or mixture.balanced_cycle_counts(
-        {k: len(s) for k, s in srcs.items()}, config.balance_scale
-    )
-    cycle = mixture.make_cycle({k: w for k, w in weights.items() if k in srcs}, tuple(config.task_order))
-    per_task = {
-        name: task_dataset(srcs[name], transforms.make_transform(name, task_options(config, name)), seed=config.seed,
-                           host_batch_size=config.global_batch_size // pc, process_index=pi, process_count=pc)
-        for name in sorted(set(cycle))
-    }
-    return mixed_dataset(per_task, cycle)
+    dirs = task_dirs(config)
+    plan = mixture_plan(config, dirs)
+    per_task = {}
+    for name in sorted(plan.tasks):
+        options = task_options(_with_dir(config, name, dirs[name]), name)
+        per_task[name] = task_dataset(
+            task_samples(dirs[name]), transforms.make_transform(name, options), seed=config.seed,
+            host_batch_size=config.global_batch_size // pc, process_index=pi, process_count=pc,
+            copies=plan.copies[name], epoch_batches=None if plan.batches is None else plan.batches[name])
+    return mixed_dataset(per_task, plan.order)
+
+
+def _with_dir(config, task: str, directory):
+    """`config` with the task's data directory filled in (the built-in dataset's come from `task_dirs`)."""
+    if config.tasks[task].get("data_dir") == str(directory):
+        return config
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.tasks[task].data_dir = str(directory)
+    return config
 
 
 def make_train_iterator(config, mesh: Mesh | None = None, start: int = 0):

@@ -1,18 +1,97 @@
-"""Multitask mixture (spec §5.4): one task per micro-batch, tasks visited in a fixed cycle.
+"""Multitask mixture (spec §5.4): one task per micro-batch, in the original sampler's epoch structure.
 
-The original sampler (`DistributedBatchTaskBalancedSampler`) walks the tasks in yaml order and gives task k
-f_k = n_k // min(n) consecutive batches per cycle, after replicating small datasets (`balance_sample_num`).
-Here the cycle is computed once and repeated forever, which is the original's steady state; the mixed dataset
-stays a random-access `MapDataset`, so its iterator state is a single batch counter.
+The original (`MultiTaskDataset(balance_sample_num=True, scale=2)` + `DistributedBatchTaskBalancedSampler`),
+per epoch, over the samples n_k of each task (one per annotation row):
+
+* balancing: a task with n_k < max(n) / 2 is replicated max(n) // n_k times: N_k = n_k * copies_k;
+* each task's N_k positions are shuffled (a new permutation every epoch) and cut into b_k = N_k // G global
+  batches of G = micro-batch x ranks clips; the partial last batch is dropped;
+* the epoch's micro-batches are ordered in cycles: f_k = b_k // min(b) consecutive batches of each task, tasks in
+  the metadata's order (kinetics, ssv2, retrieval, grounding, localization, vis); a task whose batches run out
+  is skipped, so the epoch ends with shorter cycles. (The original's last group of a task can read past that
+  task's batches; here it takes what is left.)
+
+`original_plan` computes that structure once (`MixturePlan.order`: the task of each micro-batch of an epoch, the
+same every epoch); `CycleMixMapDataset` over `order` then gives micro-batch m = batch (m // L) * b_k + i of its
+task, and each task's stream (`samples.TaskStream`) reshuffles per epoch. Everything is a pure function of the
+micro-batch index, so the iterator state is one counter and resuming is exact. The optimizer step groups
+Σ f_k micro-batches (the cycle): the trainer derives `accum_steps` from `MixturePlan.cycle` or rejects another.
+
+Explicit `task_weights` (finetuning, tests) keep a plain repeated cycle of weights, each task's stream walking
+its samples epoch after epoch (`weighted_plan`).
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Mapping, Sequence
 
 import grain
 
 from streamformer_jax.tasks import registry
+
+
+@dataclasses.dataclass(frozen=True)
+class MixturePlan:
+    """How the tasks are mixed. `order`: the task of each micro-batch of one epoch (repeated every epoch);
+    `cycle`: the steady-state cycle (f_k micro-batches of each task), whose length an optimizer step spans;
+    `samples`: n_k; `copies`: the balancing's replication; `batches`: b_k per epoch (None: batches straddle
+    epochs, explicit weights)."""
+
+    order: tuple[str, ...]
+    cycle: tuple[str, ...]
+    samples: Mapping[str, int]
+    copies: Mapping[str, int]
+    batches: Mapping[str, int] | None
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.order))
+
+    def epoch_micro_batches(self) -> int | None:
+        """Micro-batches per epoch (None for explicit weights)."""
+        return len(self.order) if self.batches is not None else None
+
+    def describe(self) -> str:
+        return ", ".join(f"{t} {self.cycle.count(t)}" for t in self.tasks)
+
+
+def _ordered(names, order: Sequence[str] | None) -> list[str]:
+    order = registry.names() if order is None else tuple(order)
+    return [t for t in order if t in names] + sorted(set(names) - set(order))
+
+
+def original_plan(samples: Mapping[str, int], global_batch: int, order: Sequence[str] | None = None,
+                  scale: float = 2.0) -> MixturePlan:
+    """The original sampler's epoch over tasks with `samples` = {task: n_k} and global micro-batch G."""
+    names = _ordered([t for t, n in samples.items() if n > 0], order)
+    if not names:
+        raise ValueError("the task mixture is empty")
+    sizes = {t: int(samples[t]) for t in names}
+    balanced = balanced_sizes(sizes, scale)
+    batches = {t: balanced[t] // global_batch for t in names}
+    short = [f"{t} ({balanced[t]} samples)" for t in names if batches[t] == 0]
+    if short:
+        raise ValueError(f"tasks with fewer samples than one global batch of {global_batch} clips: "
+                         f"{', '.join(short)}; lower the batch size or leave them out (--config.tasks)")
+    smallest = min(batches.values())
+    factors = {t: batches[t] // smallest for t in names}
+    left, order_out = dict(batches), []
+    while any(left.values()):
+        for t in names:
+            take = min(factors[t], left[t])
+            order_out += [t] * take
+            left[t] -= take
+    cycle = tuple(t for t in names for _ in range(factors[t]))
+    return MixturePlan(tuple(order_out), cycle, sizes, {t: balanced[t] // sizes[t] for t in names}, batches)
+
+
+def weighted_plan(samples: Mapping[str, int], weights: Mapping[str, int],
+                  order: Sequence[str] | None = None) -> MixturePlan:
+    """A repeated cycle of `weights[t]` consecutive micro-batches per task (no balancing, no epoch cut)."""
+    cycle = make_cycle({t: w for t, w in weights.items() if t in samples}, order)
+    tasks = set(cycle)
+    return MixturePlan(cycle, cycle, {t: int(samples[t]) for t in tasks}, {t: 1 for t in tasks}, None)
 
 
 
@@ -99,4 +178,5 @@ class CycleMixMapDataset(grain.MapDataset):
         return {"task": task, **batch}
 
 
-__all__ = ["balanced_sizes", "balanced_cycle_counts", "make_cycle", "CycleMixMapDataset"]
+__all__ = ["MixturePlan", "original_plan", "weighted_plan", "balanced_sizes", "balanced_cycle_counts", "make_cycle",
+           "CycleMixMapDataset"]

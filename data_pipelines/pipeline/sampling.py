@@ -38,11 +38,16 @@ def sparse_segment_indices(n: int, num_frames: int, rng: np.random.Generator | N
     return np.minimum(idx, n - 1).astype(np.int64)
 
 
-def strided_segment_indices(n: int, num_frames: int, rng: np.random.Generator | None, train: bool) -> np.ndarray:
+PAD_SHORT = "pad"  # VIS (§6.7): a video of n < T frames -> [0] * (T - n) + [0, 1, ..., n-1]
+ZEROS_SHORT = "zeros"  # SSv2 (§6.2): a video of n < T frames -> T copies of frame 0
+
+
+def strided_segment_indices(n: int, num_frames: int, rng: np.random.Generator | None, train: bool,
+                            short: str = PAD_SHORT) -> np.ndarray:
     """Something-Something v2 (§6.2) and VIS (§6.7): avg = n // T; idx_i = i*avg + randint(0, avg-1).
 
-    Short videos (n < T): the original SSv2 loader returns all zeros and VIS pads with leading zeros; we use the
-    VIS rule for both (leading repeats of frame 0, then every frame once), which keeps time monotone.
+    Short videos (n < T), as the original loaders: `short="pad"` (VIS) repeats frame 0 then takes every frame
+    once; `short="zeros"` (SSv2) takes frame 0 T times.
     """
     _check(n, num_frames)
     avg = n // num_frames
@@ -50,6 +55,10 @@ def strided_segment_indices(n: int, num_frames: int, rng: np.random.Generator | 
         base = np.arange(num_frames) * avg
         offs = rng.integers(0, avg, size=num_frames) if train else np.full(num_frames, (avg - 1) // 2)
         return (base + offs).astype(np.int64)
+    if short == ZEROS_SHORT:
+        return np.zeros(num_frames, np.int64)
+    if short != PAD_SHORT:
+        raise ValueError(f"short must be {PAD_SHORT!r} or {ZEROS_SHORT!r}, got {short!r}")
     return np.concatenate([np.zeros(num_frames - n, np.int64), np.arange(n, dtype=np.int64)])
 
 
@@ -75,32 +84,43 @@ def interval_indices(n: int, num_frames: int, rng: np.random.Generator | None, t
 
 
 def fixfps_window(start: float, end: float, duration: float, clip_seconds: float) -> tuple[float, float]:
-    """Grounding's time window (§6.5): the GT span if longer than `clip_seconds`, else a `clip_seconds` window
-    centred on it and shifted inside [0, duration]."""
+    """Grounding's time window (§6.5), the original's rule: the GT span if longer than `clip_seconds`, else a
+    `clip_seconds` window centred on it; [0, clip] when that starts before 0, else [duration - clip, duration]
+    when it ends after the video."""
     if end - start > clip_seconds:
         return float(start), float(end)
-    centre = 0.5 * (start + end)
-    lo = centre - 0.5 * clip_seconds
-    lo = min(max(lo, 0.0), max(duration - clip_seconds, 0.0))
-    return float(lo), float(lo + clip_seconds)
+    centre, half = (start + end) / 2, clip_seconds / 2
+    if centre - half < 0:
+        return 0.0, float(clip_seconds)
+    if centre + half > duration:
+        return float(duration - clip_seconds), float(duration)
+    return float(centre - half), float(centre + half)
 
 
-def fixfps_indices(
-    frame_times: np.ndarray, window: tuple[float, float], num_frames: int, rng: np.random.Generator | None, train: bool
-) -> np.ndarray:
-    """Grounding (§6.5): the window in seconds becomes frame indices, with end >= start + T; T equal segments,
-    one frame per segment (randint inclusive in training, the centre in eval), clipped to n-1.
+def fixfps_indices(n: int, fps: float, window: tuple[float, float], num_frames: int,
+                   rng: np.random.Generator | None, train: bool) -> np.ndarray:
+    """Grounding (§6.5), the original's `loadvideo_decord_fixfps` on the n stored frames at `fps`:
+    s = int(lo*fps), e = int(hi*fps), e = max(e, s + T); seg = (e - s) / T; segment i is [int(s + seg*i),
+    int(s + seg*(i+1))], one frame drawn from it *inclusive of both ends* (the centre in eval), then min(., n-1).
 
-    The original converts seconds with int(t*fps); with stored frame times t_i that is the last frame with
-    t_i <= t, which also holds when the converter resampled the video or the first frame is not at t=0.
+    Deviation: an index below 0 (a window shifted to [duration - clip, duration] of a video shorter than the
+    clip) is clamped to 0; the original's decord wraps it to the end of the video while its timestamp stays
+    negative.
     """
-    times = np.asarray(frame_times, np.float64)
-    n = len(times)
     _check(n, num_frames)
-    s = max(int(np.searchsorted(times, window[0], side="right")) - 1, 0)
-    e = max(int(np.searchsorted(times, window[1], side="right")) - 1, s + num_frames)
-    edges = np.linspace(s, e, num_frames + 1)
-    lo = edges[:-1].astype(np.int64)
-    hi = np.maximum(edges[1:].astype(np.int64) - 1, lo)
+    s, e = int(window[0] * fps), int(window[1] * fps)
+    if e - s < num_frames:
+        e = s + num_frames
+    seg = (e - s) / num_frames
+    i = np.arange(num_frames)
+    lo = np.array([int(s + seg * k) for k in i], np.int64)
+    hi = np.array([int(s + seg * (k + 1)) for k in i], np.int64)
+    hi = np.maximum(hi, lo)  # b <= a -> a (the original's `else seg_start`)
     idx = rng.integers(lo, hi + 1) if train else (lo + hi) // 2
     return np.clip(idx, 0, n - 1).astype(np.int64)
+
+
+def rounded_times(times) -> np.ndarray:
+    """The original's frame timestamps `round(idx / fps, 2)` (Python's round, to 2 decimals), from the stored
+    frame times (equal to idx / fps when the record keeps every frame of a constant-rate video)."""
+    return np.array([round(float(t), 2) for t in np.asarray(times, np.float64)], np.float64)

@@ -2,15 +2,22 @@
 
 Each transform is a `grain.transforms.RandomMap`: grain hands it a `np.random.Generator` derived from
 (seed, element index), so an example depends only on its position in the stream, never on which worker
-process produced it. Outputs have fixed shapes per task so that batches never trigger recompilation:
+process produced it. An element is a record, or `(record, row)` for one sample (annotation row) of a record
+(`pipeline.samples`). Outputs have fixed shapes per task so that batches never trigger recompilation:
 
-  every task   video uint8 [T, S, S, 3], frame_index int32 [T], timestamps float32 [T], video_id, dataset (str)
+  every task   video uint8 [T, S, S, 3], frame_index int32 [T], timestamps float32 [T] (the original's
+               round(t, 2)), row int32 [] (the sample's annotation row in its record), video_id, dataset (str);
+               dataset_id int32 [] for tasks with per-dataset label tables (`ClipOptions.datasets`)
   kinetics     label int32 []                    ssv2   label int32 []
-  retrieval    caption str
-  grounding    caption str, label float32 [T] (1 inside the caption's window(s)), duration float32 []
-  localization label int32 [T] (class id, -1 = background), duration float32 []
-  vis          mask int32 [T, S/p, S/p] (category id per patch, -1 = background / ignored); a COCO image
-               (one-frame record) becomes a pseudo-video of T independently rotated copies in training
+  retrieval    caption str (drawn from the row's captions)
+  grounding    caption str (the row's query), label float32 [T] (1 inside the row's window(s)), duration float32 []
+  localization label int32 [T] (the row's class id inside its windows, -1 elsewhere), duration float32 []
+  vis          mask int32 [T, S, S] (category value per pixel, -1 = background / ignored; [T, S/p, S/p] with
+               `mask_resolution="patch"`); a COCO image (one-frame record) becomes a pseudo-video of T
+               independently rotated copies in training
+
+Frame sampling follows the original loaders on the stored frames (`pipeline.sampling`): exactly theirs when a
+record keeps every frame of the source video (the converter's default), on the stored frame grid otherwise.
 
 Unlike the original loaders, a broken record raises instead of being silently replaced by a random other one.
 """
@@ -41,8 +48,11 @@ class ClipOptions:
     rrc_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     scale_jitter: tuple[float, float] = (1.0, 1.0)  # Short-side scale factor range for "short_side" crops.
     clip_seconds: float = 16.0  # Grounding's fixfps window length, in seconds (§6.5).
-    max_seconds: float = 0.0  # Retrieval: sample only the first max_seconds (DiDeMo's 30 s); 0 = whole video.
-    patch_size: int = 16  # VIS targets are emitted at patch resolution (S / patch_size per side).
+    patch_size: int = 16  # VIS targets at patch resolution (`mask_resolution="patch"`): S / patch_size per side.
+    # VIS targets: "input" (S x S, the original's loss on logits upsampled to the input) or "patch".
+    mask_resolution: str = "input"
+    # Per-dataset label tables (localization, VIS): the table order, so that `dataset_id` indexes it.
+    datasets: tuple[str, ...] = ()
     randaugment: str = ""  # timm-style spec, e.g. "rand-m7-n4-mstd0.5-inc1" (§6.3); "" = off.
     randaugment_interpolation: str = "bicubic"
     # VIS records of COCO images (dataset "COCO..."): in training each of the T copies of the image is rotated
@@ -78,24 +88,39 @@ class ClipTransform(grain.transforms.RandomMap):
     def add_spatial_targets(self, ex: dict, out: dict, box: augment.Box, flip: bool) -> None:
         pass
 
+    def dataset_id(self, dataset: str) -> int:
+        try:
+            return self.options.datasets.index(dataset)
+        except ValueError:
+            raise ValueError(f"{self.task} record of dataset {dataset!r} has no label table "
+                             f"(tables: {list(self.options.datasets)})") from None
+
     def clip(self, ex: dict, idx: np.ndarray, box: augment.Box) -> np.ndarray:
         """uint8 [T, S, S, 3]: the sampled frames, cropped to `box` and resized."""
         uniq, inverse = np.unique(idx, return_inverse=True)  # Short videos repeat frames: decode each once.
         return self._decoder.decode_clip([ex["frames"][int(i)] for i in uniq], box, self.options.size)[inverse]
 
     # -- the transform
-    def random_map(self, element: bytes, rng: np.random.Generator) -> dict[str, Any]:
+    def random_map(self, element, rng: np.random.Generator) -> dict[str, Any]:
+        row = 0
+        if isinstance(element, tuple):  # (record, row): one sample of a multi-row record
+            element, row = element
         ex = schema.decode_record(element) if isinstance(element, (bytes, bytearray)) else dict(element)
         if ex["task"] != self.task:
             raise ValueError(f"{type(self).__name__} got a {ex['task']!r} record ({ex['video_id']!r})")
+        ex["_row"] = int(row)
         o = self.options
         idx = self.sample(ex, rng)
         out = {
             "video_id": ex["video_id"],
             "dataset": ex.get("dataset", ""),
+            "row": np.int32(row),
             "frame_index": idx.astype(np.int32),
-            "timestamps": np.asarray(ex["frame_times"], np.float64)[idx].astype(np.float32),
+            # The original labels frames by round(idx / fps, 2) (Python's round), and so do the targets here.
+            "timestamps": sampling.rounded_times(np.asarray(ex["frame_times"], np.float64)[idx]).astype(np.float32),
         }
+        if o.datasets:
+            out["dataset_id"] = np.int32(self.dataset_id(out["dataset"]))
         self.add_targets(ex, idx, out, rng)
         box = self.crop_box(ex, idx, rng)
         video = self.clip(ex, idx, box)
@@ -125,50 +150,66 @@ class SSv2Transform(KineticsTransform):
         super().__init__(dataclasses.replace(options, flip=False), task)
 
     def sample(self, ex, rng):
-        return sampling.strided_segment_indices(len(ex["frames"]), self.options.num_frames, rng, self.options.train)
+        # The original SSv2 loader takes frame 0 T times from a video shorter than T frames.
+        return sampling.strided_segment_indices(len(ex["frames"]), self.options.num_frames, rng, self.options.train,
+                                                short=sampling.ZEROS_SHORT)
+
+
+def _row(ex: dict, count: int) -> int:
+    row = ex["_row"]
+    if not 0 <= row < count:
+        raise ValueError(f"{ex['video_id']!r}: sample row {row} out of range (the record has {count} rows)")
+    return row
 
 
 class RetrievalTransform(ClipTransform):
     def sample(self, ex, rng):
-        n = len(ex["frames"])
-        if self.options.max_seconds > 0:  # Trim to the first max_seconds (DiDeMo paragraphs, §6.4).
-            times = np.asarray(ex["frame_times"], np.float64)
-            n = max(1, int(np.searchsorted(times, times[0] + self.options.max_seconds, side="left")))
+        n, fps = len(ex["frames"]), float(ex["fps"])
+        trim = float(ex.get("trim_seconds") or 0.0)
+        if trim > 0 and n / fps > trim:  # the original's trimmed30s (DiDeMo): vlen = int(30 * fps)
+            n = max(1, min(n, int(trim * fps)))
         return sampling.interval_indices(n, self.options.num_frames, rng, self.options.train)
 
     def add_targets(self, ex, idx, out, rng):
-        out["caption"] = targets.select_caption(ex["captions"], rng, self.options.train)
+        captions = list(ex["captions"])
+        rows = np.asarray(ex.get("caption_row", ()), np.int64)
+        if rows.size:  # the sample's row: one of its captions (the original's random.choice over the row's list)
+            row = _row(ex, int(rows.max()) + 1)
+            captions = [c for c, r in zip(captions, rows) if r == row]
+        out["caption"] = targets.select_caption(captions, rng, self.options.train)
 
 
 class GroundingTransform(ClipTransform):
+    """One query (annotation row) per sample: its window decides which frames are sampled (§6.5)."""
+
     def sample(self, ex, rng):
-        # The caption decides the window, so it is drawn first and remembered for add_targets.
-        captions = ex["captions"]
-        c = int(rng.integers(len(captions))) if self.options.train else 0
-        ex["_caption_index"] = c
+        c = _row(ex, len(ex["captions"]))
         start, end = np.asarray(ex["windows"], np.float64).reshape(-1, 2)[c]
-        duration = float(ex.get("duration") or ex["frame_times"][-1])
-        window = sampling.fixfps_window(start, end, duration, self.options.clip_seconds)
-        return sampling.fixfps_indices(ex["frame_times"], window, self.options.num_frames, rng, self.options.train)
+        n, fps = len(ex["frames"]), float(ex["fps"])
+        window = sampling.fixfps_window(start, end, n / fps, self.options.clip_seconds)  # duration from the video
+        return sampling.fixfps_indices(n, fps, window, self.options.num_frames, rng, self.options.train)
 
     def add_targets(self, ex, idx, out, rng):
-        c = ex["_caption_index"]
-        windows = np.asarray(ex["windows"], np.float32).reshape(-1, 2)[c : c + 1]
-        rel = np.asarray(ex.get("relevant_windows", np.zeros((0, 2))), np.float32).reshape(-1, 2)
-        owner = np.asarray(ex.get("relevant_window_caption", np.zeros((0,))), np.int64)
-        if np.count_nonzero(owner == c) > 1:  # Several relevant windows: positive inside any of them (§6.5).
-            windows = rel[owner == c]
+        c = ex["_row"]
+        windows = targets.row_windows(ex["windows"], ex.get("relevant_windows", np.zeros((0, 2))),
+                                      ex.get("relevant_window_caption", ()), c)
         out["caption"] = ex["captions"][c]
         out["label"] = targets.window_membership(out["timestamps"], windows)
         out["duration"] = np.float32(ex.get("duration", 0.0))
 
 
 class LocalizationTransform(ClipTransform):
+    """One (video, class) annotation row per sample: the row's class inside its windows, -1 elsewhere (§6.6)."""
+
     def sample(self, ex, rng):
+        _row(ex, len(ex["segment_labels"]))
         return sampling.sparse_segment_indices(len(ex["frames"]), self.options.num_frames, rng, self.options.train)
 
     def add_targets(self, ex, idx, out, rng):
-        out["label"] = targets.frame_segment_labels(out["timestamps"], ex["segments"], ex["segment_labels"])
+        row = ex["_row"]
+        windows = targets.row_windows(ex["segments"], ex.get("relevant_windows", np.zeros((0, 2))),
+                                      ex.get("relevant_window_caption", ()), row)
+        out["label"] = targets.row_class_labels(out["timestamps"], windows, int(ex["segment_labels"][row]))
         out["duration"] = np.float32(ex.get("duration", 0.0))
 
 
@@ -198,7 +239,12 @@ class VISTransform(ClipTransform):
         return np.stack([self._decoder.crop_resize(f, box, self.options.size) for f in ex["_frames"]])
 
     def add_spatial_targets(self, ex, out, box, flip):
-        rows, cols = augment.nearest_grid(box, self.options.size, self.options.patch_size)
+        o = self.options
+        if o.mask_resolution not in ("input", "patch"):
+            raise ValueError(f"mask_resolution must be 'input' or 'patch', got {o.mask_resolution!r}")
+        # Nearest-neighbour resize of the masks into the crop, at every output pixel (the original's
+        # PairResize/PairMaskCrop) or at the patch centres.
+        rows, cols = augment.nearest_grid(box, o.size, 1 if o.mask_resolution == "input" else o.patch_size)
         masks = ex["_masks"][:, :, rows][:, :, :, cols]
         out["mask"] = augment.flip_mask(targets.category_map(masks, ex["categories"]), flip)
 

@@ -34,6 +34,8 @@ height, width      int [video/height], [video/width]   size of the stored frames
 duration           float [video/duration]              source duration in seconds: from the annotation when it
                                                        gives one (grounding/localization), else from the
                                                        container. float32 precision.
+source             str [video/source]                  optional: the file (or, for an image sequence, the frame
+                                                       folder) that was decoded, as the annotation resolved it.
 =================  ==================================  =========================================================
 
 ``len(frames) == len(frame_times) >= 1``. Frames are in presentation order, times strictly increasing.
@@ -41,15 +43,24 @@ duration           float [video/duration]              source duration in second
 Task fields (each task's `TaskSpec.record_fields` / `optional_record_fields` in `streamformer_jax.tasks`):
 
 * ``kinetics``, ``ssv2``: ``label`` int [label] (class index, line order of the class-names file).
-* ``retrieval``: ``captions`` list[str] [captions] (utf-8; all captions of the video, one is drawn per epoch).
+* ``retrieval``: ``captions`` list[str] [captions] (utf-8; all captions of the video); optional
+  ``caption_row`` int32 [k] [caption_row]: the annotation row of each caption (rows 0, 1, ... in order; a row is
+  one sample, a caption is drawn from the sample's row; absent = one row) and ``trim_seconds`` float
+  [trim_seconds]: sample only the first that many seconds of a longer video (the original's ``trimmed30s``,
+  DiDeMo; 0 or absent = the whole video).
 * ``grounding``: ``captions`` list[str] [captions]; ``windows`` float32 [k, 2] [windows] the ground-truth
   (start, end) in seconds of caption i (the CSV's start_second/end_second, or the first relevant window);
   ``relevant_windows`` float32 [m, 2] [relevant_windows] and ``relevant_window_caption`` int32 [m]
   [relevant_window_caption]: every relevant window and the caption it belongs to (QVHighlights has several
   per query; the original labels a frame positive when it lies in *any* of them).
-* ``localization``: ``segments`` float32 [k, 2] [segments] (start, end) seconds; ``segment_labels`` int32 [k]
-  [segment_labels] (class index).
-* ``vis``: ``categories`` int32 [I] [categories] (class index of each instance); masks stored as COCO
+* ``localization``: one entry per annotation row (a (video, class) pair, one sample each): ``segments`` float32
+  [k, 2] [segments] the row's (start, end) seconds; ``segment_labels`` int32 [k] [segment_labels] its class id (in
+  its dataset's label table); optional ``relevant_windows`` float32 [m, 2] and ``relevant_window_caption`` int32
+  [m] (the row each window belongs to): as grounding, a row with several relevant windows is positive inside any
+  of them. (Schema version 1 stored every window as its own segment; such records read as one row per window.)
+* ``vis``: ``categories`` int32 [I] [categories] (the category value of each instance: the row of its dataset's
+  label table; the original's raw ``category_id`` for YouTube-VIS / LV-VIS, the position in ``categories`` for
+  COCO); masks stored as COCO
   *uncompressed* RLE, one per (instance, stored frame), instance-major. ``mask_rle_lengths`` int64 [I * n]
   [masks/rle_lengths] is the number of run lengths of each RLE (0 = instance absent in that frame, an all-zero
   mask); ``mask_rle_counts`` int64 [sum] [masks/rle_counts] the concatenated run lengths. Each RLE follows the
@@ -67,7 +78,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from streamformer_jax.tasks import registry
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-row localization, retrieval caption rows and trim, the decoded source path
 # Fields every task must provide (a task's own fields are its `TaskSpec.record_fields`).
 COMMON_FIELDS = ("task", "video_id", "frames", "frame_times", "fps", "source_fps", "height", "width")
 
@@ -128,6 +139,9 @@ _FIELDS: dict[str, tuple[str, str]] = {
     "windows": ("windows", "pairs"),
     "relevant_windows": ("relevant_windows", "pairs"),
     "relevant_window_caption": ("relevant_window_caption", "ints32"),
+    "caption_row": ("caption_row", "ints32"),
+    "trim_seconds": ("trim_seconds", "float"),
+    "source": ("video/source", "str"),
     "segments": ("segments", "pairs"),
     "segment_labels": ("segment_labels", "ints32"),
     "categories": ("categories", "ints32"),

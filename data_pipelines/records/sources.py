@@ -18,6 +18,7 @@ import numpy as np
 from array_record.python import array_record_module as ar
 
 from data_pipelines.records import schema, shards, tfrecord
+from streamformer_jax.tasks import registry
 
 
 class _MultiShard:
@@ -118,9 +119,11 @@ def open_source(directory, verify_crc: bool = False):
 
 
 def write_task_records(directory, task: str, records: Sequence[bytes], *, fmt: str = "arrayrecord",
-                       num_shards: int = 1, class_names: Sequence[str] = ()) -> pathlib.Path:
+                       num_shards: int = 1, class_names: Sequence[str] | dict = ()) -> pathlib.Path:
     """Write encoded records as `num_shards` shards plus a metadata.json that `open_source` understands (the
-    converter's layout, minus its resume markers)."""
+    converter's layout, minus its resume markers). `class_names`: names by id, or {dataset: names by id}."""
+    spec = registry.get(task)
+    counts = [spec.samples_in(schema.decode_record(r)) for r in records]
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -130,7 +133,10 @@ def write_task_records(directory, task: str, records: Sequence[bytes], *, fmt: s
             for r in records[a:b]:
                 writer.write(r)
         entries.append(shards.shard_entry(name, b - a, fmt))
+    per_dataset = isinstance(class_names, dict)
     meta = {"schema_version": schema.SCHEMA_VERSION, "task": task, "format": fmt, "num_examples": len(records),
-            "class_names": list(class_names), "shards": entries}
+            "num_samples": int(sum(counts)), "class_names": [] if per_dataset else list(class_names),
+            **({"label_tables": {k: list(v) for k, v in class_names.items()}} if per_dataset else {}),
+            **({"record_samples": counts} if any(c != 1 for c in counts) else {}), "shards": entries}
     shards.write_json(str(directory / "metadata.json"), meta)
     return directory

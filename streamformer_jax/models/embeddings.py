@@ -28,12 +28,19 @@ def resize_position_embeddings(pos: jax.Array, grid: int, out_h: int, out_w: int
 def clip_time_ids(num_frames: int, table_size: int) -> np.ndarray:
     """Time-embedding rows for a clip of `num_frames` (the official rule).
 
-    T <= F: rows 0..T-1; T > F: nearest interpolation of the F rows to T, row floor(t·F/T).
+    T <= F: rows 0..T-1. T > F: the official `F.interpolate(mode="nearest")` over the F rows, whose CPU and
+    CUDA kernels compute the source row in float32 as min(floor(t * float32(F / T)), F - 1) (and t >> 1 when
+    T == 2F). The float32 product differs from the exact floor(t * F / T) for some T (e.g. T = 82, t = 41:
+    row 7, not 8), so it is reproduced here bit for bit.
     """
     t = np.arange(num_frames)
     if num_frames <= table_size:
         return t.astype(np.int32)
-    return (t * table_size // num_frames).astype(np.int32)
+    if num_frames == 2 * table_size:
+        return (t >> 1).astype(np.int32)
+    scale = np.float32(table_size) / np.float32(num_frames)
+    rows = np.floor(t.astype(np.float32) * scale).astype(np.int64)
+    return np.minimum(rows, table_size - 1).astype(np.int32)
 
 
 def stream_time_ids(positions, table_size: int):

@@ -29,13 +29,18 @@ def label_counts(fields: Mapping[str, Any]) -> dict[str, int]:
     return {f"label/{fields['label']}": 1}
 
 
+def describe(fields: Mapping[str, Any], class_name) -> dict:
+    return {"labels": [class_name(int(fields["label"]), fields.get("dataset", ""))]}
+
+
 def _spec(name: str, official_name: str, transform: type, flip: bool, builtin_label, class_names):
     return registry.TaskSpec(
         name=name, official_name=official_name, text_kind=registry.LABELS, record_fields=("label",),
-        parse_annotations=annotations.parse_list, record_counts=label_counts,
+        parse_annotations=annotations.parse_list, read_original=annotations.read_original, record_counts=label_counts,
         transform=transform, pipeline_defaults=dict(crop="rrc", flip=flip, randaugment=ORIGINAL_VIDEO_SPEC),
         builtin_fields=lambda clip: {"label": builtin_label(clip)}, builtin_class_names=class_names,
-        builtin_whole_clip=True, make_head=TaskHead, loss=classification_loss, templates=VIDEO_TEMPLATES)
+        builtin_whole_clip=True, make_head=TaskHead, loss=classification_loss, templates=VIDEO_TEMPLATES,
+        describe=describe)
 
 
 def _colour(clip: BuiltinClip) -> int:

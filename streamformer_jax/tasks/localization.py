@@ -13,6 +13,7 @@ from data_pipelines.annotations import localization as annotations
 from data_pipelines.pipeline.builtin import CLASS_NAMES, BuiltinClip
 from data_pipelines.pipeline.transforms import LocalizationTransform
 from streamformer_jax.tasks import losses, registry
+from streamformer_jax.tasks.grounding import row_segments
 from streamformer_jax.tasks.heads import TaskHead
 from streamformer_jax.tasks.templates import VIDEO_TEMPLATES
 
@@ -27,12 +28,29 @@ def localization_loss(x: registry.LossInputs):
 
 
 def check_record(ex: Mapping[str, Any]) -> None:
-    if len(np.reshape(ex["segments"], (-1, 2))) != len(ex["segment_labels"]):
-        raise schema.SchemaError(f"{ex['video_id']!r}: one label per segment required")
+    k = len(np.reshape(ex["segments"], (-1, 2)))
+    if k != len(ex["segment_labels"]):
+        raise schema.SchemaError(f"{ex['video_id']!r}: one label per segment (annotation row) required")
+    owner = np.asarray(ex.get("relevant_window_caption", ()), np.int64)
+    if len(owner) != len(np.reshape(ex.get("relevant_windows", np.zeros((0, 2))), (-1, 2))) or np.any(owner >= k) \
+            or np.any(owner < 0):
+        raise schema.SchemaError(f"{ex['video_id']!r}: relevant_window_caption must name a row of each relevant "
+                                 "window")
 
 
 def segment_counts(fields: Mapping[str, Any]) -> dict[str, int]:
     return {"segments": len(fields["segments"]), **collections.Counter(f"label/{x}" for x in fields["segment_labels"])}
+
+
+def segment_rows(fields: Mapping[str, Any]) -> int:
+    """Samples of a record: one per (video, class) annotation row."""
+    return len(fields["segment_labels"])
+
+
+def describe(fields: Mapping[str, Any], class_name) -> dict:
+    ds = fields.get("dataset", "")
+    names = [class_name(int(c), ds) for c in fields["segment_labels"]]
+    return {"labels": names, "segments": row_segments(fields["segments"], fields, lambda row: names[row])}
 
 
 def builtin_segment(clip: BuiltinClip) -> dict:
@@ -41,9 +59,14 @@ def builtin_segment(clip: BuiltinClip) -> dict:
 
 LOCALIZATION = registry.TaskSpec(
     name="localization", official_name="TaskLocalization", text_kind=registry.LABELS,
-    record_fields=("segments", "segment_labels"), check_record=check_record,
-    parse_annotations=annotations.parse, annotation_class_names=annotations.class_names_of,
-    record_counts=segment_counts, datasets={"HACS": registry.DatasetRule(video_prefix="v_")},
+    record_fields=("segments", "segment_labels"), optional_record_fields=("relevant_windows", "relevant_window_caption"),
+    check_record=check_record, parse_annotations=annotations.parse, read_original=annotations.read_original,
+    annotation_class_names=annotations.class_names_of, record_counts=segment_counts, record_samples=segment_rows,
+    per_dataset_labels=True,
+    # The original's `task_localization.py`: HACS "v_" + id, then ".mp4" unless already there; TaCoS
+    # "-cam-002.avi"; others ".mp4" unless already there.
+    datasets={"HACS": registry.DatasetRule(video_prefix="v_"),
+              "TaCoS": registry.DatasetRule(video_suffix="-cam-002.avi", always=True)},
     transform=LocalizationTransform, pipeline_defaults=dict(crop="short_side", flip=False),
     builtin_fields=builtin_segment, builtin_class_names=CLASS_NAMES, make_head=TaskHead, loss=localization_loss,
-    templates=VIDEO_TEMPLATES)
+    templates=VIDEO_TEMPLATES, describe=describe)

@@ -142,23 +142,12 @@ def select_vis_classes(mask: jax.Array, valid: jax.Array, num_classes: int, rng:
     return selected, jnp.take_along_axis(valid, selected, axis=1)
 
 
-def vis_loss(patches: jax.Array, label_emb: jax.Array, mask: jax.Array, logit_scale, logit_bias, *,
-             valid: jax.Array | None = None, dataset_id: jax.Array | None = None, rng: jax.Array | None = None,
-             max_classes: int = NUM_MAX_CLASSES, return_target: bool = False):
-    """patches [B, T, h, w, D] (dense projection P(x) of the patch tokens), label_emb [C, D] or [K, C, D]
-    (+ valid, dataset_id), mask int [B, T, H, W] (category id, −1 = background/ignored; H, W may equal h, w).
-
-    Per patch l = s·⟨n(P(x)), E_c⟩ + β -> bilinear upsample to (H, W) (align_corners=False) -> softmax cross
-    entropy per pixel over the sample's classes, ignoring −1; per sample the mean over its valid pixels (0 if
-    it has none); loss = mean over samples. Category 0 is a real class (our data marks background −1, fixing
-    the original's COCO "person" = background collision). When the label set has more than `max_classes`
-    classes, each sample uses its present classes plus random negatives (`max_classes` in all, drawn with
-    `rng`), the selected embeddings are re-normalised and the mask is remapped (unselected -> ignored).
-    Returns (loss, logits [B, T, H, W, C'] with −1e9 for classes outside the sample's set), plus the target
-    indices into the last logits axis (−1 ignored) with `return_target=True`.
-    """
-    bsz = patches.shape[0]
-    height, width = mask.shape[-2:]
+def _vis_tables(label_emb, mask, valid, dataset_id, rng, max_classes, bsz):
+    """Per sample: the label tables [B, C', D], their valid classes [B, C'] and the mask remapped to indices into
+    them [B, ...] (−1 ignored). Subsampling (more than `max_classes` classes in the padded table) keeps each
+    sample's present classes plus random negatives, and re-normalises the embeddings of the samples whose own
+    dataset has more than `max_classes` classes (a smaller dataset keeps all its classes: its valid ones are
+    always selected)."""
     emb, ok = per_sample_label_sets(label_emb, valid, dataset_id, bsz)  # [B, C, D], [B, C]
     c = emb.shape[1]
     mask = jnp.asarray(mask, jnp.int32)
@@ -178,6 +167,69 @@ def vis_loss(patches: jax.Array, label_emb: jax.Array, mask: jax.Array, logit_sc
         flat = jnp.where(target >= 0, target, c).reshape(bsz, -1)
         target = jnp.take_along_axis(inverse, flat, axis=1).reshape(target.shape)
         ok = ok_sel
+    return emb, ok, target
+
+
+def _vis_frame_terms(patches_t, emb, ok, target_t, s, b):
+    """One frame of every sample: patches [B, h, w, D], target [B, H, W] -> (Σ CE, valid pixels, correct) [B]."""
+    height, width = target_t.shape[-2:]
+    logits = s * jnp.einsum("bhwd,bkd->bhwk", l2_normalize(patches_t), emb) + b
+    logits = upsample_bilinear(logits, height, width)
+    logits = jnp.where(ok[:, None, None, :], logits, _NEG)
+    pixel_ok = target_t >= 0
+    picked = jnp.take_along_axis(logits, jnp.maximum(target_t, 0)[..., None], axis=-1)[..., 0]
+    ce = jnp.where(pixel_ok, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)
+    hit = pixel_ok & (jnp.argmax(logits, axis=-1) == target_t)
+    flat = lambda x: jnp.sum(x.reshape(x.shape[0], -1).astype(jnp.float32), axis=1)
+    return flat(ce), flat(pixel_ok), flat(hit)
+
+
+def vis_loss_by_frame(patches: jax.Array, label_emb: jax.Array, mask: jax.Array, logit_scale, logit_bias, *,
+                      valid: jax.Array | None = None, dataset_id: jax.Array | None = None,
+                      rng: jax.Array | None = None, max_classes: int = NUM_MAX_CLASSES):
+    """`vis_loss` with bounded memory: the same loss, computed one frame at a time (a `lax.scan` over T whose
+    body is rematerialised in the backward pass), so only one frame's logits at the mask resolution are live,
+    [B, H, W, C'] instead of [B, T, H, W, C'] (at 224² with 100 classes: 20 MB per sample instead of 321 MB).
+    Scanning over frames rather than samples keeps the batch axis sharded over the mesh.
+
+    Returns (loss, accuracy over the valid pixels)."""
+    bsz = patches.shape[0]
+    emb, ok, target = _vis_tables(label_emb, mask, valid, dataset_id, rng, max_classes, bsz)
+    s, b = _scale_bias(logit_scale, logit_bias)
+
+    @jax.checkpoint
+    def frame(carry, xs):
+        patches_t, target_t = xs
+        terms = _vis_frame_terms(patches_t, emb, ok, target_t, s, b)
+        return tuple(c + t for c, t in zip(carry, terms)), None
+
+    zeros = jnp.zeros((bsz,), jnp.float32)
+    (ce, count, hits), _ = jax.lax.scan(frame, (zeros, zeros, zeros),
+                                        (jnp.moveaxis(patches, 1, 0), jnp.moveaxis(target, 1, 0)))
+    per_sample = ce / jnp.maximum(count, 1)
+    loss = jnp.mean(jnp.where(count > 0, per_sample, 0.0))
+    return loss, jnp.sum(hits) / jnp.maximum(jnp.sum(count), 1)
+
+
+def vis_loss(patches: jax.Array, label_emb: jax.Array, mask: jax.Array, logit_scale, logit_bias, *,
+             valid: jax.Array | None = None, dataset_id: jax.Array | None = None, rng: jax.Array | None = None,
+             max_classes: int = NUM_MAX_CLASSES, return_target: bool = False):
+    """patches [B, T, h, w, D] (dense projection P(x) of the patch tokens), label_emb [C, D] or [K, C, D]
+    (+ valid, dataset_id), mask int [B, T, H, W] (category id, −1 = background/ignored; H, W may equal h, w).
+
+    Per patch l = s·⟨n(P(x)), E_c⟩ + β -> bilinear upsample to (H, W) (align_corners=False) -> softmax cross
+    entropy per pixel over the sample's classes, ignoring −1; per sample the mean over its valid pixels (0 if
+    it has none); loss = mean over samples. Category 0 is a real class (our data marks background −1, fixing
+    the original's COCO "person" = background collision). When the label set has more than `max_classes`
+    classes, each sample uses its present classes plus random negatives (`max_classes` in all, drawn with
+    `rng`), the selected embeddings are re-normalised and the mask is remapped (unselected -> ignored).
+    Returns (loss, logits [B, T, H, W, C'] with −1e9 for classes outside the sample's set), plus the target
+    indices into the last logits axis (−1 ignored) with `return_target=True`. Materialises every frame's
+    logits at the mask resolution: training uses `vis_loss_by_frame`, the same loss in bounded memory.
+    """
+    bsz = patches.shape[0]
+    height, width = mask.shape[-2:]
+    emb, ok, target = _vis_tables(label_emb, mask, valid, dataset_id, rng, max_classes, bsz)
     s, b = _scale_bias(logit_scale, logit_bias)
     logits = s * jnp.einsum("bthwd,bkd->bthwk", l2_normalize(patches), emb) + b
     logits = upsample_bilinear(logits, height, width)

@@ -57,8 +57,8 @@ registered later; each spec's `official_name` is the original's `Kinetics`, `SSV
     localization, valid pixels for VIS).
 
 ``build_label_embeddings(text_model, tokenizer, class_names) -> (text dict, {task: [dataset names]})``
-    class_names: {task: [names ordered by id] | {dataset: [names ordered by id]}}; templates by task
-    (`TaskSpec.templates`: 28 VIDEO_TEMPLATES, VIS "{}"). `class_names_by_id(label2id)` orders a
+    class_names: {task: [names ordered by id] | {dataset: [names ordered by id]}} (an empty name: an id without a
+    class, an invalid row); templates by task (`TaskSpec.templates`: 28 VIDEO_TEMPLATES, VIS "{}"). `class_names_by_id(label2id)` orders a
     (possibly nested) label2id dict by id (spec §10.22). `dataset_ids(names, datasets)` -> int32 [B] (host).
 
 Trainable and weight-decay groups of these parameters: `streamformer_jax.train.param_groups`.
@@ -270,15 +270,19 @@ def build_label_embeddings(text_model: SiglipTextModel, tokenizer, class_names: 
     for task, names in class_names.items():
         templates = registry.get(task).templates
         if isinstance(names, Mapping):
-            sets = {ds: compute_label_embeddings(text_model, tokenizer, list(n), templates, batch_size=batch_size)
-                    for ds, n in names.items()}
-            cmax = max(e.shape[0] for e in sets.values())
-            d = next(iter(sets.values())).shape[1]
-            table = np.zeros((len(sets), cmax, d), np.float32)
-            valid = np.zeros((len(sets), cmax), bool)
-            for k, e in enumerate(sets.values()):
-                table[k, : e.shape[0]], valid[k, : e.shape[0]] = e, True
-            text[task], text[f"{task}_valid"], datasets[task] = table, valid, list(sets)
+            # One padded table; an empty name (an id no class has) and the padding are invalid rows.
+            names = {ds: list(n) for ds, n in names.items()}
+            present = [(k, i, name) for k, n in enumerate(names.values()) for i, name in enumerate(n) if name]
+            if not present:
+                raise ValueError(f"task {task!r}: its label tables have no class names")
+            emb = compute_label_embeddings(text_model, tokenizer, [name for *_, name in present], templates,
+                                           batch_size=batch_size)
+            cmax = max(len(n) for n in names.values())
+            table = np.zeros((len(names), cmax, emb.shape[1]), np.float32)
+            valid = np.zeros((len(names), cmax), bool)
+            for (k, i, _), e in zip(present, emb):
+                table[k, i], valid[k, i] = e, True
+            text[task], text[f"{task}_valid"], datasets[task] = table, valid, list(names)
         else:
             text[task] = compute_label_embeddings(text_model, tokenizer, list(names), templates,
                                                   batch_size=batch_size)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 from typing import Any, Callable, Mapping
 
 # What a task's head is scored against: label embeddings of its class names, or the embeddings of each clip's
@@ -26,10 +25,22 @@ BUILTIN_MODULE = "streamformer_jax.tasks.builtin"
 
 @dataclasses.dataclass(frozen=True)
 class DatasetRule:
-    """How one source dataset of a task names its video files (the task's defaults otherwise)."""
+    """How one source dataset of a task names its video files, as the original loaders do.
+
+    file = video_prefix + video_id + video_suffix, except that a `video_suffix` that is not `always` is left out
+    when the id (after the prefix) already ends with it: `abc.mp4` stays `abc.mp4`, while LSMDC's dotted ids
+    (`1004_Juno_00.00.32.176-00.00.36.963`) and `foo.webm` still get their suffix. Only the exact suffix counts.
+    """
 
     video_prefix: str = ""
     video_suffix: str = ".mp4"
+    always: bool = False  # append the suffix even when the id already ends with it (LSMDC/MSVD .avi, TaCoS)
+
+    def file_name(self, video_id: str) -> str:
+        name = self.video_prefix + video_id
+        if self.always or not name.endswith(self.video_suffix):
+            name += self.video_suffix
+        return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +85,18 @@ class TaskSpec:
       annotation_class_names(path, **options) -> class names stored in metadata.json when no class table is
         given (None: the task has no class names of its own).
       record_counts(fields) -> {name: count} added up into metadata.json's "counts".
-      datasets: per source dataset, how its video files are named (`video_file`).
+      datasets: per source dataset, how its video files are named (`video_file`; default: `default_rule`).
+      read_original(block) -> `annotations.OriginalTask`: the task's block of the original metadata file
+        (`all.yaml`'s `datasets.<official_name>.train`) read as the original loader reads it (`convert
+        from-metadata`); None: the task is not in the original metadata.
+    Samples (the original's dataset length, `data_pipelines.pipeline.samples`):
+      record_samples(fields) -> how many samples (annotation rows) one record holds; each sample is drawn
+        as often as the original draws that row (default 1: one sample per record).
+      per_dataset_labels: label ids index a per-dataset table (the nested label2id of localization and VIS).
+    Inspection (`python -m data_pipelines.inspect`):
+      describe(fields, class_name) -> the record's annotation for a reader: "labels" (class names), "captions",
+        "segments" ([{"label", "start", "end"}]: class name or query text, seconds), "categories" (names), as the
+        task has them; `class_name(id, dataset)` names a class id.
     Input pipeline (`data_pipelines.pipeline`):
       transform: the grain `RandomMap` class, built as `transform(options, task=name)`.
       pipeline_defaults: `configs/data_pretrain.task_config` keys (crop, flip, randaugment, ...) for this task.
@@ -103,7 +125,11 @@ class TaskSpec:
     annotation_class_names: Callable[..., list] | None = None
     record_counts: Callable[[Mapping[str, Any]], Mapping[str, int]] | None = None
     datasets: Mapping[str, DatasetRule] = dataclasses.field(default_factory=dict)
-    keep_video_suffix: bool = False  # a video id that already ends in a suffix is the file name itself
+    default_rule: DatasetRule = DatasetRule()
+    read_original: Callable[[Mapping[str, Any]], Any] | None = None
+    record_samples: Callable[[Mapping[str, Any]], int] | None = None
+    per_dataset_labels: bool = False
+    describe: Callable[[Mapping[str, Any], Callable[[int, str], str]], dict] | None = None
     pipeline_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     builtin_class_names: tuple[str, ...] = ()
     builtin_whole_clip: bool = False
@@ -124,10 +150,11 @@ class TaskSpec:
 
     def video_file(self, video_id: str, dataset: str) -> str:
         """The file name of a video, from its annotation id and source dataset (`datasets` rules)."""
-        if self.keep_video_suffix and os.path.splitext(video_id)[1]:
-            return video_id
-        rule = self.datasets.get(dataset, DatasetRule())
-        return rule.video_prefix + video_id + rule.video_suffix
+        return self.datasets.get(dataset, self.default_rule).file_name(video_id)
+
+    def samples_in(self, fields: Mapping[str, Any]) -> int:
+        """Samples (annotation rows) in one record with these task fields."""
+        return int(self.record_samples(fields)) if self.record_samples else 1
 
     def counts(self, fields: Mapping[str, Any]) -> dict[str, int]:
         return dict(self.record_counts(fields)) if self.record_counts else {}

@@ -24,18 +24,18 @@ OFFICIAL_HEAD_RULES = (*linear("w_v", "w_v"), *linear("v_proj", "v_proj"),
 
 
 def vis_loss(x: registry.LossInputs):
-    """Per-pixel cross entropy of the projected patch tokens; accuracy over the valid pixels, among the classes
-    scored for each sample."""
+    """Per-pixel cross entropy of the projected patch tokens, on logits upsampled to the mask's resolution (the
+    input resolution by default, as the original; patch resolution with the data option
+    `mask_resolution="patch"`), one frame at a time; accuracy over the valid pixels, among the classes scored
+    for each sample."""
     tokens = x.features["last_hidden_state"]  # [B, T, N, D]
     video = x.batch["video"]
     gh, gw = x.model.backbone.embeddings.patch_grid(video.shape[2], video.shape[3])
     patches = x.head.project(tokens).reshape(*tokens.shape[:2], gh, gw, tokens.shape[-1])
     mask = jnp.asarray(x.batch["mask"], jnp.int32)
-    loss, z, target = losses.vis_loss(patches, x.text[x.task], mask, x.logit_scale, x.logit_bias,
-                                      valid=x.text.get(f"{x.task}_valid"), dataset_id=x.batch.get("dataset_id"),
-                                      rng=x.rng, max_classes=x.max_vis_classes, return_target=True)
-    ok = target >= 0
-    return loss, jnp.sum((jnp.argmax(z, -1) == target) & ok) / jnp.maximum(jnp.sum(ok), 1)
+    return losses.vis_loss_by_frame(patches, x.text[x.task], mask, x.logit_scale, x.logit_bias,
+                                    valid=x.text.get(f"{x.task}_valid"), dataset_id=x.batch.get("dataset_id"),
+                                    rng=x.rng, max_classes=x.max_vis_classes)
 
 
 def check_record(ex: Mapping[str, Any]) -> None:
@@ -50,6 +50,11 @@ def instance_counts(fields: Mapping[str, Any]) -> dict[str, int]:
     return {"instances": len(fields["categories"]), **collections.Counter(f"label/{x}" for x in fields["categories"])}
 
 
+def describe(fields: Mapping[str, Any], class_name) -> dict:
+    ds = fields.get("dataset", "")
+    return {"categories": [class_name(int(c), ds) for c in fields["categories"]]}
+
+
 def builtin_instance(clip: BuiltinClip) -> dict:
     lengths, counts = schema.encode_masks(clip.masks())
     return {"categories": np.array([clip.cls], np.int32), "mask_rle_lengths": lengths, "mask_rle_counts": counts}
@@ -58,7 +63,7 @@ def builtin_instance(clip: BuiltinClip) -> dict:
 VIS = registry.TaskSpec(
     name="vis", official_name="TaskVIS", text_kind=registry.LABELS,
     record_fields=("categories", "mask_rle_lengths", "mask_rle_counts"), check_record=check_record,
-    parse_annotations=annotations.parse, annotation_class_names=annotations.category_names,
-    record_counts=instance_counts, transform=VISTransform, pipeline_defaults=dict(crop="short_side", flip=True),
+    parse_annotations=annotations.parse, read_original=annotations.read_original,
+    annotation_class_names=annotations.category_names, record_counts=instance_counts, per_dataset_labels=True, transform=VISTransform, pipeline_defaults=dict(crop="short_side", flip=True),
     builtin_fields=builtin_instance, builtin_class_names=CLASS_NAMES, make_head=VISHead, loss=vis_loss,
-    templates=SCENE_TEMPLATES, official_head_rules=OFFICIAL_HEAD_RULES)
+    templates=SCENE_TEMPLATES, official_head_rules=OFFICIAL_HEAD_RULES, describe=describe)

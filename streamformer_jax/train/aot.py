@@ -52,6 +52,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from data_pipelines.pipeline import mixture
 from streamformer_jax import cli, sharding
 from streamformer_jax.models import streaming
 from streamformer_jax.models.streamformer import abstract_model, normalize_pixels
@@ -62,8 +63,14 @@ from streamformer_jax.train.multitask_kind import random_tower_config
 from streamformer_jax.train.task_model import ModelSettings
 from streamformer_jax.train.tpu_chips import TopologyError, chip_for, topology_devices
 
-# Label-set sizes of the original mixture (spec §5.1); only the shapes of the label-embedding tables matter here.
-CLASS_COUNTS = {"kinetics": 400, "ssv2": 174, "localization": 200, "vis": 1196}
+# The original mixture's label sets when no data is given (`--config.data_dir` reads the real ones): one table for
+# the action tasks, one per source dataset for localization and VIS (the nested label2id; rows by id, so 1-based
+# ids add an empty row 0). Only the shapes of the label-embedding tables matter here.
+LABEL_SETS: dict[str, int | dict[str, int]] = {
+    "kinetics": 400, "ssv2": 174,
+    "localization": {"ActivityNet": 200, "FineAction": 106, "HACS": 200},
+    "vis": {"COCOPseudoVIS": 80, "LVVIS": 1197, "YoutubeVIS": 41},
+}
 _OOM = re.compile(r"RESOURCE_EXHAUSTED|Ran out of memory|out of memory", re.I)
 # "Used 17.3G of 15.75G hbm" or "... exceeds available HBM (15.75G)": the HBM the compiler lets a program use.
 _CAPACITY = re.compile(r"(?:Used\s+[\d.]+[KMGT]?\s+of\s+|available\s+HBM\s+\()([\d.]+)([KMGT])?", re.I)
@@ -104,22 +111,27 @@ def text_tower_config(settings: ModelSettings) -> SiglipTextConfig:
     return random_tower_config(settings)
 
 
-def abstract_batch(config, task: str, mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    """The device batch the trainer gets for `task` (the fields of `data_pipelines.pipeline.transforms` plus the
-    tokenised captions), as ShapeDtypeStructs split over the run's batch axes (`loop.data_config`)."""
+def abstract_batch(config, task: str, mesh, meta: Mapping[str, Any] | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+    """The device batch the trainer gets for `task`: the numeric fields of `data_pipelines.pipeline.transforms`
+    (plus `dataset_id` when the task's metadata has per-dataset label tables) and the tokenised captions, as
+    ShapeDtypeStructs split over the run's batch axes (`loop.data_config`)."""
     data = loop.data_config(config, pathlib.Path("."))  # the clip shape and batch axes of the run; reads nothing
     b, t, s, p = int(data.global_batch_size), int(data.num_frames), int(data.image_size), \
         int(config.model.overrides.patch_size)
     fields = {"video": ((b, t, s, s, 3), jnp.uint8), "frame_index": ((b, t), jnp.int32),
-              "timestamps": ((b, t), jnp.float32)}
+              "timestamps": ((b, t), jnp.float32), "row": ((b,), jnp.int32)}
+    if (meta or {}).get("label_tables"):
+        fields["dataset_id"] = ((b,), jnp.int32)
+    task_cfg = data.tasks[task] if task in data.tasks else {}
+    m = s if str(task_cfg.get("mask_resolution", "input")) == "input" else s // p  # VIS targets
+    captions = ((b, int(config.text.max_length)), jnp.int32)
     per_task = {
         "kinetics": {"label": ((b,), jnp.int32)},
         "ssv2": {"label": ((b,), jnp.int32)},
-        "retrieval": {"caption_ids": ((b, int(config.text.max_length)), jnp.int32)},
-        "grounding": {"caption_ids": ((b, int(config.text.max_length)), jnp.int32), "label": ((b, t), jnp.float32),
-                      "duration": ((b,), jnp.float32)},
+        "retrieval": {"caption_ids": captions},
+        "grounding": {"caption_ids": captions, "label": ((b, t), jnp.float32), "duration": ((b,), jnp.float32)},
         "localization": {"label": ((b, t), jnp.int32), "duration": ((b,), jnp.float32)},
-        "vis": {"mask": ((b, t, s // p, s // p), jnp.int32)},
+        "vis": {"mask": ((b, t, m, m), jnp.int32)},
     }
     if task not in per_task:
         raise AotError(f"task {task!r}: its batch fields are not known here (streamformer_jax.train.aot."
@@ -196,45 +208,57 @@ def roofline(stats: Mapping[str, Any], chip) -> dict[str, float]:
     return {"compute_s": compute, "memory_s": memory, "collective_s": comm, "step_s": max(compute, memory, comm)}
 
 
-def _combine(steps: Mapping[str, dict], tasks: list[str], accum: int, analytic_step: float, chip,
-             clips_per_step: int) -> dict[str, Any]:
-    micro = [steps[f"micro_{t}"].get("estimate") for t in tasks]
+def _combine(steps: Mapping[str, dict], tasks: list[str], cycle: tuple[str, ...] | None, accum: int,
+             analytic_step: float, chip, clips_per_step: int) -> dict[str, Any]:
+    """One optimizer step: its `accum` micro-batches follow the task cycle (accum / len(cycle) cycles), each
+    task's micro-step as compiled; a task of the cycle that was not compiled counts as the mean compiled one.
+    Without a known cycle: accum x the mean compiled micro-step."""
+    micro = {t: steps[f"micro_{t}"].get("estimate") for t in tasks}
     apply = steps["apply"].get("estimate")
-    if any(m is None for m in micro) or apply is None:
+    if any(m is None for m in micro.values()) or apply is None:
         return {"step_s": None, "mfu": None, "bound": None, "note": "a step did not compile"}
-    parts = {}
+    parts, missing = {}, sorted(set(cycle or ()) - set(tasks))
     for key in ("compute_s", "memory_s", "collective_s", "step_s"):
-        parts[key] = accum * float(np.mean([m[key] for m in micro])) + apply[key]
+        mean = float(np.mean([m[key] for m in micro.values()]))
+        if cycle:
+            per_cycle = sum(micro[t][key] if t in micro else mean for t in cycle)
+            parts[key] = accum / len(cycle) * per_cycle + apply[key]
+        else:
+            parts[key] = accum * mean + apply[key]
     bound = max(("compute", "memory", "collective"), key=lambda k: parts[f"{k}_s"])
     mfu = analytic_step / (parts["step_s"] * chip.peak_bf16_flops)
-    return {**parts, "bound": bound, "mfu": mfu, "clips_per_s": clips_per_step / parts["step_s"]}
+    out = {**parts, "bound": bound, "mfu": mfu, "clips_per_s": clips_per_step / parts["step_s"]}
+    if missing:
+        out["note"] = f"micro-steps of {missing} not compiled: counted as the mean compiled micro-step"
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- training
 class CompileSetup(loop.Setup):
     """`train`'s start-up phases that make the mesh, the model and the trainer (`loop.Setup`), over a topology's
-    compile-only devices and shape-only: no run directory, no data read, no parameter values. The run's tasks
-    and their label-set sizes come from the config and `class_counts` instead of the data's metadata."""
+    compile-only devices and shape-only: no run directory, no parameter values.
 
-    def __init__(self, config, devices, class_counts: Mapping[str, int] | None = None):
+    The run's tasks, label tables and optimizer step come from `--config.data_dir` exactly as `train` reads them
+    (`Setup._load_data`: the metadata.json files and the mixture plan; no record is decoded), or, without data,
+    from the config: the original's label sets (`LABEL_SETS`, or `label_sets`), and the task cycle of the
+    original sampler over `samples` ({task: num_samples}) when given, else of explicit `task_weights`.
+    `accum_steps=0` (derive it from the cycle) needs one of those; otherwise it is taken as given."""
+
+    def __init__(self, config, devices, label_sets: Mapping[str, Any] | None = None,
+                 samples: Mapping[str, int] | None = None):
         self.config, self.note = config, lambda s: None
+        self.workdir = pathlib.Path(".")  # read only for the built-in dataset, which is never built here
         self.loop = loop.LoopSettings.from_config(config)
         try:
             self.mesh = self._make_mesh(config, devices)
-        except ValueError as e:
-            raise AotError(str(e)) from None  # `train`'s own message (mesh sizes, batch divisibility)
-        try:
-            self.data = loop.data_config(config, pathlib.Path("."))
-        except (ValueError, FileNotFoundError) as e:
-            raise AotError(str(e)) from None
+            if config.get("data_dir"):
+                self._load_data(config)
+            else:
+                self._plan_without_data(config, label_sets, samples)
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            raise AotError(cli.message(e) if isinstance(e, KeyError) else str(e)) from None
         weights = dict(self.data.task_weights)
-        self.tasks = [t for t in registry.names() if t in self.data.tasks and (not weights or weights.get(t, 0) > 0)]
-        counts = {**CLASS_COUNTS, **(class_counts or {})}
-        self.meta = {t: {"class_names": [f"class_{i}" for i in range(counts.get(t, 0))]} for t in self.tasks}
-        try:
-            self.total_steps, self.warmup_steps = loop.resolve_schedule(config, self.loop, self.meta)
-        except ValueError as e:
-            raise AotError(str(e)) from None
+        self.tasks = [t for t in registry.names() if t in self.meta and (not weights or weights.get(t, 0) > 0)]
         settings = ModelSettings.from_config(config)
         if settings.kind != "multitask":
             raise AotError(f"config.model.kind {settings.kind!r}: only the 'multitask' kind is compiled here")
@@ -245,6 +269,44 @@ class CompileSetup(loop.Setup):
             raise AotError(f"sharding {config.mesh.rules!r} on mesh {dict(self.mesh.shape)}: "
                            f"{str(e).splitlines()[0]}") from None
         self._check_divisible()
+
+    def _plan_without_data(self, config, label_sets, samples) -> None:
+        self.data = loop.data_config(config, self.workdir)
+        weights = dict(self.data.task_weights)
+        tasks = [t for t in registry.names() if t in self.data.tasks and (not weights or weights.get(t, 0) > 0)]
+        sets = {**LABEL_SETS, **(label_sets or {})}
+        self.meta = {}
+        for t in tasks:
+            n = sets.get(t, 0)
+            if isinstance(n, Mapping):
+                self.meta[t] = {"label_tables": {ds: [f"{ds}_{i}" for i in range(c)] for ds, c in n.items()}}
+            else:
+                self.meta[t] = {"class_names": [f"class_{i}" for i in range(int(n))]}
+            if samples and t in samples:
+                self.meta[t]["num_samples"] = int(samples[t])
+        self.plan = None
+        if samples:
+            unknown = sorted(set(samples) - set(tasks))
+            if unknown:
+                raise ValueError(f"--samples: {unknown} are not tasks of this run ({tasks})")
+            given = {t: int(samples[t]) for t in tasks if t in samples}
+            if weights:
+                self.plan = mixture.weighted_plan(given, weights, tuple(self.data.task_order))
+            else:
+                self.plan = mixture.original_plan(given, int(self.data.global_batch_size),
+                                                  tuple(self.data.task_order), float(self.data.balance_scale))
+        elif weights:
+            self.plan = mixture.weighted_plan({t: 1 for t in tasks}, weights, tuple(self.data.task_order))
+        if self.plan is not None:
+            self.loop = dataclasses.replace(self.loop, accum_steps=loop.resolve_accum_steps(config, self.plan))
+        elif self.loop.accum_steps <= 0:
+            raise ValueError("accum_steps=0 derives the optimizer step from the data's task cycle: give "
+                             "--config.data_dir=DIR (converted data; only its metadata is read), --samples "
+                             "TASK=N,... (the tasks' sample counts) or --config.accum_steps=N")
+        try:
+            self.total_steps, self.warmup_steps = loop.resolve_schedule(config, self.loop, self.meta, self.plan)
+        except ValueError:  # no sample counts: the schedule's length does not change the compiled steps
+            self.total_steps, self.warmup_steps = 1000, int(config.optim.warmup_steps)
 
     def _check_divisible(self) -> None:
         """A parameter dimension that the mesh axis it is split over does not divide: one line naming it."""
@@ -259,13 +321,14 @@ class CompileSetup(loop.Setup):
 
 
 def compile_training(config, topology: str, *, tasks: list[str] | None = None,
-                     class_counts: Mapping[str, int] | None = None, include_apply: bool = True, log=print
-                     ) -> dict[str, Any]:
+                     label_sets: Mapping[str, Any] | None = None, samples: Mapping[str, int] | None = None,
+                     include_apply: bool = True, log=print) -> dict[str, Any]:
     """Compile every task's micro-step and the update for `topology`; the report described in the module doc.
-    include_apply=False leaves the update out (then there is no whole-step estimate)."""
+    label_sets / samples: see `CompileSetup`. include_apply=False leaves the update out (then there is no
+    whole-step estimate)."""
     devices = topology_devices(topology)
     chip = chip_for(topology)
-    setup = CompileSetup(config, devices, class_counts)
+    setup = CompileSetup(config, devices, label_sets, samples)
     trainer, tm, mesh = setup.trainer, setup.tm, setup.mesh
     n = len(devices)
     state = trainer.abstract_state()
@@ -284,7 +347,7 @@ def compile_training(config, topology: str, *, tasks: list[str] | None = None,
     tasks = tasks or setup.tasks
     steps: dict[str, dict] = {}
     for task in tasks:
-        batch = abstract_batch(config, task, mesh)
+        batch = abstract_batch(config, task, mesh, setup.meta.get(task))
         log(f"compiling micro_{task} for {topology} (mesh {dict(mesh.shape)}, {config.micro_batch_size} clips)...")
         compiled, secs, err = _compile(trainer.micro_step_fn(task), state, acc, batch, text)
         steps[f"micro_{task}"] = _step_report(compiled, secs, err, n_dev=n, chip=chip, extra_resident=0,
@@ -303,14 +366,18 @@ def compile_training(config, topology: str, *, tasks: list[str] | None = None,
             if "hbm_bytes" in s:
                 s["hbm_capacity"] = caps[0]
                 s["fits"] = bool(s["hbm_bytes"] <= caps[0])
-    accum = int(config.accum_steps)
-    estimate = (_combine(steps, tasks, accum, analytic_micro * accum, chip, config.micro_batch_size * accum)
+    accum = setup.accum_steps
+    cycle = tuple(setup.plan.cycle) if setup.plan is not None else None
+    estimate = (_combine(steps, tasks, cycle, accum, analytic_micro * accum, chip, config.micro_batch_size * accum)
                 if include_apply else {"step_s": None, "mfu": None, "bound": None, "note": "update not compiled"})
     return {"topology": topology, "device_kind": devices[0].device_kind, "num_devices": n,
             "mesh": {k: int(v) for k, v in mesh.shape.items()}, "chip": chip.__dict__,
             "config": {"rules": config.mesh.rules, "remat_policy": config.model.remat_policy,
                        "micro_batch_size": int(config.micro_batch_size), "clips_per_device": config.micro_batch_size / n,
-                       "accum_steps": accum, "dtype": config.model.dtype, "tasks": tasks,
+                       "accum_steps": accum, "task_cycle": list(cycle) if cycle else None,
+                       "accum_from": ("derived from the task cycle" if int(config.accum_steps) == 0 else "config")
+                       + ("" if cycle else " (no data or sample counts: not checked against the task cycle)"),
+                       "dtype": config.model.dtype, "tasks": tasks,
                        "num_frames": int(bb.num_frames), "image_size": int(bb.image_size),
                        "scan_layers": setup.model.scan_layers,
                        "text_tower_layers": setup.model.abstract_text.num_hidden_layers},
@@ -466,12 +533,11 @@ def main(argv: list[str] | None = None) -> int:
             devices = topology_devices(topology)
             report.update(device_kind=devices[0].device_kind, num_devices=len(devices))
         else:
-            try:
-                counts = {k: int(v) for k, v in (kv.split("=") for kv in FLAGS.classes.split(",") if kv)}
-            except ValueError:
-                raise AotError(f"--classes {FLAGS.classes!r}: expected TASK=COUNT[,TASK=COUNT...]") from None
+            counts = _pairs("--classes", FLAGS.classes)
+            samples = _pairs("--samples", FLAGS.samples)
             tasks = [t for t in FLAGS.tasks.split(",") if t] or None
-            report = compile_training(config, topology, tasks=tasks, class_counts=counts, log=note)
+            report = compile_training(config, topology, tasks=tasks, label_sets=counts, samples=samples or None,
+                                      log=note)
     except (TopologyError, AotError) as e:
         return cli.fail(str(e))
     text = json.dumps(report, indent=2, default=float) + "\n"
@@ -484,6 +550,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(text)
     failed = [k for k, s in report.get("steps", {}).items() if "error" in s and s.get("fits") is not False]
     return 1 if failed else 0
+
+
+def _pairs(flag: str, text: str) -> dict[str, int]:
+    try:
+        return {k.strip(): int(v) for k, v in (kv.split("=") for kv in text.split(",") if kv)}
+    except ValueError:
+        raise AotError(f"{flag} {text!r}: expected TASK=N[,TASK=N...]") from None
 
 
 def _numbers(flag: str, text: str) -> list[int]:
@@ -505,7 +578,10 @@ def _define_flags():
     flags.DEFINE_string("preset", "", "Sharding preset dp|fsdp|fsdp_tp (sets config.mesh); default: the config's.")
     flags.DEFINE_string("out", "", "Write the JSON report here (default: stdout).")
     flags.DEFINE_string("tasks", "", "Compile only these tasks' micro-steps (comma-separated; default: the run's).")
-    flags.DEFINE_string("classes", "", "Label-set sizes, e.g. kinetics=400,vis=40 (default: the original's).")
+    flags.DEFINE_string("classes", "", "Label-set sizes without --config.data_dir, e.g. kinetics=400,vis=40 (one "
+                                       "table per task; default: the original's, per dataset for localization/VIS).")
+    flags.DEFINE_string("samples", "", "Without --config.data_dir: the tasks' sample counts (TASK=N,...), which "
+                                       "give the original sampler's task cycle (for accum_steps=0 and the estimate).")
     flags.DEFINE_bool("stream", False, "Compile the streaming step instead of the training steps.")
     flags.DEFINE_integer("window", 16, "Streaming: temporal window (frames in the KV cache).")
     flags.DEFINE_string("streams_per_chip", "", "Streaming: compile these pool sizes (comma-separated) instead "

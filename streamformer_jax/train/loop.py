@@ -22,7 +22,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from data_pipelines.pipeline import loader, mixture
+from data_pipelines.pipeline import label_tables, loader, mixture
 from streamformer_jax import sharding
 from streamformer_jax.checkpoint import save_checkpoint
 from streamformer_jax.param_tree import flatten
@@ -115,26 +115,60 @@ def read_metadata(dirs: Mapping[str, pathlib.Path]) -> dict[str, dict]:
     return {task: json.loads((d / "metadata.json").read_text()) for task, d in dirs.items()}
 
 
-def steps_per_epoch(loop: LoopSettings, balance_scale: float, meta: Mapping[str, dict]) -> int:
-    sizes = {t: int(m.get("num_examples", 0)) for t, m in meta.items() if m.get("num_examples")}
+def steps_per_epoch(loop: LoopSettings, balance_scale: float, meta: Mapping[str, dict],
+                    plan: mixture.MixturePlan | None = None) -> int:
+    """Optimizer steps per epoch: the original sampler's epoch (`plan`: Σ b_k micro-batches) / accum_steps, or,
+    for explicit task weights, the mixture's (balanced) samples / clips per step."""
+    if plan is not None and plan.epoch_micro_batches() is not None:
+        return max(1, plan.epoch_micro_batches() // loop.accum_steps)
+    sizes = {t: int(m.get("num_samples", m.get("num_examples", 0))) for t, m in meta.items()
+             if m.get("num_samples", m.get("num_examples"))}
     clips = sum(mixture.balanced_sizes(sizes, balance_scale).values()) if sizes else 0
     return max(1, clips // loop.clips_per_step)
 
 
-def resolve_schedule(config, loop: LoopSettings, meta) -> tuple[int, int]:
-    """(total_steps, warmup_steps) in optimizer steps (an epoch: `meta`'s clips, balanced, / clips per step)."""
+def resolve_accum_steps(config, plan: mixture.MixturePlan) -> int:
+    """accum_steps from the mixture's cycle: the original steps the optimizer once per cycle (Σ f_k micro-batches;
+    7 in its released mix). 0 = derive it (one cycle per step); a value that is not a whole number of cycles is an
+    error, because its optimizer steps would mix the tasks differently from the original's (k cycles per step
+    keep the mix and make the step k times larger)."""
+    accum, cycle = int(config.accum_steps), len(plan.cycle)
+    if accum == 0:
+        return cycle
+    if accum < 0:
+        raise ValueError(f"--config.accum_steps must be >= 0, got {accum}")
+    if accum % cycle:
+        raise ValueError(f"--config.accum_steps={accum} is not a whole number of the data's task cycle of {cycle} "
+                         f"micro-batches ({plan.describe()}): set --config.accum_steps={cycle} (one cycle per "
+                         "optimizer step, as the original), or 0 to derive it")
+    return accum
+
+
+def resolve_schedule(config, loop: LoopSettings, meta, plan: mixture.MixturePlan | None = None) -> tuple[int, int]:
+    """(total_steps, warmup_steps) in optimizer steps (an epoch: `meta`'s samples, balanced, / clips per step)."""
     per_epoch = None
     total = int(config.total_steps)
     if total < 0:
         if config.epochs <= 0:
             raise ValueError("set --config.total_steps=N (or total_steps=-1 with epochs > 0)")
-        per_epoch = steps_per_epoch(loop, config.data.balance_scale, meta)
+        per_epoch = steps_per_epoch(loop, config.data.balance_scale, meta, plan)
         total = int(round(config.epochs * per_epoch))
     warmup = int(config.optim.warmup_steps)
     if config.optim.get("warmup_epochs", 0.0):
-        per_epoch = per_epoch or steps_per_epoch(loop, config.data.balance_scale, meta)
+        per_epoch = per_epoch or steps_per_epoch(loop, config.data.balance_scale, meta, plan)
         warmup = int(round(config.optim.warmup_epochs * per_epoch))
     return total, warmup
+
+
+def check_required(config) -> None:
+    """The config's `required` fields (dotted names) must be set, e.g. the recipe's data_dir and model.init."""
+    for name in config.get("required", ()):
+        value = config
+        for part in name.split("."):
+            value = value.get(part) if hasattr(value, "get") else None
+        if not value:
+            raise ValueError(f"--config.{name} is required by the {config.get('name', 'chosen')} config "
+                             "(docs/training.md; the ':tiny' variant trains on the built-in dataset)")
 
 
 # ------------------------------------------------------------------------------------------------- misc
@@ -183,7 +217,8 @@ class Setup:
                                  report=self.note)
 
     def _start_up(self, config, workdir, log) -> None:
-        """Phase 1: distributed start-up, compilation cache, run directory."""
+        """Phase 1: the config's required fields, distributed start-up, compilation cache, run directory."""
+        check_required(config)
         distributed.maybe_initialize(config.distributed)
         enable_compilation_cache(config.get("compilation_cache_dir", ""))
         self.workdir = pathlib.Path(workdir).absolute()
@@ -204,19 +239,27 @@ class Setup:
         return mesh
 
     def _load_data(self, config) -> None:
-        """Phase 3: the run's pipeline config, its task directories' metadata, and the schedule's length."""
+        """Phase 3: the run's pipeline config, its task directories' metadata, the mixture (the original sampler's
+        epoch over the tasks' samples), the optimizer step's micro-batches and the schedule's length."""
         self.data = data_config(config, self.workdir)
-        self.meta = read_metadata(task_directories(self.data))
+        dirs = task_directories(self.data)
+        self.meta = read_metadata(dirs)
         # An epoch counts the tasks this run trains on (the built-in dataset always holds every task).
         weights = dict(self.data.task_weights)
         in_run = {t: m for t, m in self.meta.items() if not weights or weights.get(t, 0) > 0}
-        self.total_steps, self.warmup_steps = resolve_schedule(config, self.loop, in_run)
+        self.plan = loader.mixture_plan(self.data, {t: d for t, d in dirs.items() if t in in_run})
+        self.loop = dataclasses.replace(self.loop, accum_steps=resolve_accum_steps(config, self.plan))
+        self.total_steps, self.warmup_steps = resolve_schedule(config, self.loop, in_run, self.plan)
+
+    @property
+    def accum_steps(self) -> int:
+        return self.loop.accum_steps
 
     def _build_model(self, config, model: ModelSettings | None = None) -> None:
         """Phase 4: the model (its kind's builder) and the trainer (optimiser, shardings, compiled steps).
         model: settings to build instead of the config's (a shape-only model for `train.aot`)."""
         self.model = model or ModelSettings.from_config(config)
-        class_names = {t: list(m.get("class_names", [])) for t, m in self.meta.items()}
+        class_names = {t: label_tables.label_sets(m) for t, m in self.meta.items()}
         self.tm = build_task_model(self.model, class_names)
         optim = copy.deepcopy(config.optim)
         with optim.unlocked():

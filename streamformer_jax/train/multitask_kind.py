@@ -4,12 +4,14 @@ Text side:
   * `config.text.checkpoint` set, or a text tower inside `config.model.init` (a SigLIP HF directory or our
     checkpoint with pretraining extras): that SigLIP text tower, with the SentencePiece tokenizer from
     `config.text.tokenizer` (or the checkpoint / init directory).
-  * otherwise (tests, quickstart): a deterministic random-initialised tiny SigLIP text tower (seed
-    `config.text.seed`, sizes `config.text.random`) with a hashing word tokenizer. Its label
-    embeddings are fixed random-looking vectors, consistent between runs; the pipeline is the real one.
+  * otherwise, only where the config allows it (`config.text.allow_random`: the `tiny` variant, tests): a
+    deterministic random-initialised tiny SigLIP text tower (seed `config.text.seed`, sizes
+    `config.text.random`) with a hashing word tokenizer. Its label embeddings are fixed random-looking vectors,
+    consistent between runs; the pipeline is the real one. The full recipe stops with one line instead.
 Label embeddings of the label tasks (mean over the task's templates of normalised text embeddings, spec §5.3)
-are computed once at start-up; the captions of the caption tasks are tokenised on the host per micro-batch and
-encoded by the frozen text tower inside the step.
+are computed once at start-up, per dataset for the tasks with per-dataset tables (localization, VIS: one padded
+[K, C, D] table + validity, indexed by the batch's `dataset_id`); the captions of the caption tasks are
+tokenised on the host per micro-batch and encoded by the frozen text tower inside the step.
 
 Shape-only (`ModelSettings.abstract_text`, for ahead-of-time compiles): the same module tree, masks and label
 tables, with ShapeDtypeStructs for values and a text tower of the given architecture; nothing is read or computed.
@@ -29,8 +31,7 @@ from streamformer_jax.models.layers import abstract_module
 from streamformer_jax.models.params import model_from_flat_params
 from streamformer_jax.param_tree import flat_params
 from streamformer_jax.tasks import registry
-from streamformer_jax.tasks.model import MultiTaskModel, task_loss
-from streamformer_jax.text.embeddings import compute_label_embeddings
+from streamformer_jax.tasks.model import MultiTaskModel, build_label_embeddings, task_loss
 from streamformer_jax.text.model import SiglipTextConfig, init_text_model, load_text_model
 from streamformer_jax.text.tokenizer import load_tokenizer
 from streamformer_jax.train import param_groups
@@ -64,6 +65,11 @@ def _tokenizer(settings: ModelSettings, random_tower: bool, text_model):
     return load_tokenizer(text.tokenizer or text.checkpoint or settings.init, max_length=text.max_length)
 
 
+NO_TEXT_TOWER = ("no SigLIP text tower: give --config.model.init=SIGLIP_DIR (a SigLIP directory with its text "
+                 "tower) or --config.text.checkpoint=DIR (the random stand-in tower is only for the tiny variant: "
+                 "--config.text.allow_random=True)")
+
+
 def random_tower_config(settings: ModelSettings) -> SiglipTextConfig:
     """The architecture of the random tiny text tower (`config.text.random`), projecting to the backbone's width."""
     text, bb = settings.text, settings.backbone
@@ -79,11 +85,13 @@ def _random_tower(settings: ModelSettings):
     return init_text_model(random_tower_config(settings), seed=settings.text.seed)
 
 
-def build(settings: ModelSettings, class_names: Mapping[str, list[str]]) -> TaskModel:
+def build(settings: ModelSettings, class_names: Mapping[str, list[str] | dict[str, list[str]]]) -> TaskModel:
+    """`class_names`: per task, names by id or {dataset: names by id} (`label_tables.label_sets`)."""
     tasks = [t for t in registry.names() if t in class_names]
     if settings.abstract_text is not None:
         return _shape_only(settings, tasks, class_names)
     bb, text_cfg = settings.backbone, settings.text
+    allow_random = bool(text_cfg.get("allow_random", False))
     if settings.init:
         model = MultiTaskModel.from_pretrained(
             settings.init, tasks, text=text_cfg.checkpoint or None, lora_rank=bb.lora_rank,
@@ -93,22 +101,25 @@ def build(settings: ModelSettings, class_names: Mapping[str, list[str]]) -> Task
             model.backbone = model_from_flat_params(model.config, flat_params(model.backbone))
         random_text = model.text_encoder is None
         if random_text:
+            if not allow_random:
+                raise ValueError(f"{settings.init}: {NO_TEXT_TOWER}")
             model.text_encoder = nnx.data(_random_tower(settings))
     else:
         random_text = not text_cfg.checkpoint
+        if random_text and not allow_random:
+            raise ValueError(NO_TEXT_TOWER)
         tower = _random_tower(settings) if random_text else load_text_model(text_cfg.checkpoint)
         model = MultiTaskModel(bb, tasks, rngs=settings.seed, text_encoder=tower)
     tokenizer = _tokenizer(settings, random_text, model.text_encoder)
 
-    text = {}
+    labels = {}
     for task in tasks:
-        spec = registry.get(task)
-        if spec.text_kind == registry.LABELS:
-            names = class_names[task]
-            if not names:
+        if registry.get(task).text_kind == registry.LABELS:
+            if not class_names[task]:
                 raise ValueError(f"task {task!r} has no class names in its metadata.json")
-            text[task] = compute_label_embeddings(model.text_encoder, tokenizer, names, spec.templates,
-                                                  batch_size=128)
+            labels[task] = class_names[task]
+    # Rows ordered by id; prompts from the bare class names with the task's templates.
+    text, _ = build_label_embeddings(model.text_encoder, tokenizer, labels, batch_size=128)
 
     def prepare_batch(batch):
         if "caption" in batch:
@@ -118,11 +129,22 @@ def build(settings: ModelSettings, class_names: Mapping[str, list[str]]) -> Task
     return _task_model(settings, model, text, prepare_batch)
 
 
-def _shape_only(settings: ModelSettings, tasks: list[str], class_names: Mapping[str, list[str]]) -> TaskModel:
+def _shape_only(settings: ModelSettings, tasks: list[str], class_names: Mapping[str, list[str] | dict[str, list[str]]]
+                ) -> TaskModel:
+    """The shapes `build_label_embeddings` gives: [C, D] per flat table, [K, C, D] + valid [K, C] per dataset."""
     tower = settings.abstract_text
     model = abstract_module(functools.partial(MultiTaskModel, tasks=tasks, text_config=tower), settings.backbone)
-    text = {t: jax.ShapeDtypeStruct((len(class_names[t]), tower.output_size), np.float32)
-            for t in tasks if registry.get(t).text_kind == registry.LABELS}
+    text = {}
+    for t in tasks:
+        if registry.get(t).text_kind != registry.LABELS:
+            continue
+        names = class_names[t]
+        if isinstance(names, Mapping):
+            k, c = len(names), max(len(n) for n in names.values())
+            text[t] = jax.ShapeDtypeStruct((k, c, tower.output_size), np.float32)
+            text[f"{t}_valid"] = jax.ShapeDtypeStruct((k, c), np.bool_)
+        else:
+            text[t] = jax.ShapeDtypeStruct((len(names), tower.output_size), np.float32)
     return _task_model(settings, model, text, None)
 
 
