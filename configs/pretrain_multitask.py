@@ -35,13 +35,16 @@ ORIGINAL_ACCUM = 7
 
 # TPU slices (v4 / v5p "-N" counts TensorCores: v5p-128 and v4-128 are 64 chips): (chips, sharding preset, remat
 # policy, clips per chip, scan the blocks). From the ahead-of-time sweep of docs/training.md ("TPU pods").
+# Remat by name: keep each block's attention inputs/outputs and the residual after the spatial attention; recompute
+# the layer norms, the softmaxes and the MLP (`models/block.py:CHECKPOINT_NAMES`).
+REMAT_BY_NAME = "names:temporal_qkv,temporal_attended,spatial_qkv,spatial_attended,spatial_residual"
 POD_VARIANTS = {
     "v5e_256": (256, "dp", "full", 16, True),
     "v5p_128": (64, "dp", "none", 16, True),
-    "v4_128": (64, "dp", "full", 16, True),
+    "v4_128": (64, "dp", REMAT_BY_NAME, 16, True),
     "v5e_4": (4, "dp", "full", 16, True),
     "v5p_8": (4, "dp", "none", 16, True),
-    "v4_8": (4, "dp", "full", 16, True),
+    "v4_8": (4, "dp", REMAT_BY_NAME, 16, True),
 }
 
 

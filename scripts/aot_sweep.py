@@ -4,6 +4,8 @@ r"""Sweep of ahead-of-time TPU compiles (`streamformer_jax.train.aot`): one JSON
     python scripts/aot_sweep.py --plan layers --out_dir aot_reports      # compile time vs depth, dp vs fsdp
     python scripts/aot_sweep.py --plan sizing --only v5e4_dp_b16_full    # one run of a plan
     python scripts/aot_sweep.py --summary aot_reports                    # the table of docs/training.md
+    python scripts/aot_sweep.py --plan remat --out_dir aot_reports       # remat policies at 1 and 2 blocks
+    python scripts/aot_sweep.py --remat_table aot_reports                # ... extrapolated to 12 blocks
 
 Runs one compile at a time in this process (a ViT-B step takes minutes and 1.5-4 GB of RAM on two cores) and
 skips runs whose report exists, so a stopped sweep continues where it was. Each run records what it compiled;
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import sys
 import time
 import traceback
@@ -24,11 +27,13 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("plan", "sizing", "Which plan: sizing | layers | depth | remat | stream.")
+flags.DEFINE_string("plan", "sizing", "Which plan: sizing | layers | depth | remat | stream | stream_v5e.")
 flags.DEFINE_string("out_dir", "aot_reports", "Directory of the JSON reports.")
 flags.DEFINE_string("only", "", "Comma-separated run names of the plan to run (default: all).")
 flags.DEFINE_string("summary", "", "Print the markdown table of the reports in this directory and exit.")
 flags.DEFINE_bool("list", False, "List the plan's runs and exit.")
+flags.DEFINE_string("remat_table", "", "Print the remat comparison at full depth from the reports in this directory "
+                                       "(plans remat and sizing) and exit.")
 
 CONFIG = "configs/pretrain_multitask.py"
 # Per-chip clips of a 4-chip slice -> micro_batch_size 4 x that.
@@ -60,7 +65,7 @@ def plan(name: str) -> dict[str, dict]:
             for preset in ("dp", "fsdp"):
                 runs.update([_run("v5e4", preset, 4, "none", ["kinetics"],
                                   **small, **{"model.overrides.num_layers": layers})])
-        for preset in ("dp", "fsdp"):
+        for preset in ("dp", "fsdp", "fsdp_tp"):
             runs.update([_run("v5e4", preset, 4, "none", ["kinetics"], **small, **{"model.scan_layers": True})])
         for spec in runs.values():
             spec["apply"] = False  # the micro-step only: the update's compile does not depend on depth
@@ -83,12 +88,19 @@ def plan(name: str) -> dict[str, dict]:
         for remat in ("none", "full", "names"):
             for layers in (1, 2):
                 runs.update([_run("v5e4", "dp", 16, remat, ["kinetics"], **{"model.overrides.num_layers": layers})])
+        # VIS (loss at the input resolution since issue #10) beside kinetics: its head and loss at the same depth
+        # the by-name policy at full depth on v4 (the slice it is chosen for): exact memory of the real program
+        runs.update([_run("v44", "dp", 16, "names", ["kinetics"], **{"model.scan_layers": True})])
+        vis_name, vis_spec = _run("v5e4", "dp", 16, "full", ["vis"], **{"model.overrides.num_layers": 1})
+        runs[vis_name + "_vis"] = vis_spec
         for spec in runs.values():
             spec["apply"] = False
     elif name == "stream":
         runs = {f"stream_{s}": {"topology": SLICES[s], "stream": True} for s in ("v5e4", "v5p4", "v44")}
+    elif name == "stream_v5e":
+        runs = {"stream_v5e4": {"topology": SLICES["v5e4"], "stream": True}}
     else:
-        raise SystemExit(f"error: unknown plan {name!r}; choose from sizing, layers, depth, remat, stream")
+        raise SystemExit(f"error: unknown plan {name!r}; choose from sizing, layers, depth, remat, stream, stream_v5e")
     return runs
 
 
@@ -168,10 +180,72 @@ def summary(out_dir: pathlib.Path) -> str:
     return "\n".join(rows)
 
 
+def _micro(path: pathlib.Path, task: str = "kinetics") -> dict:
+    return json.loads(path.read_text())["steps"][f"micro_{task}"]
+
+
+def remat_table(out_dir: pathlib.Path, layers: int = 12, accum: int = 7) -> str:
+    """The remat policies at full depth, from the plan `remat` (1- and 2-block compiles, XLA counting every op)
+    and the scanned full-depth compiles of the plan `sizing` (exact memory), extrapolated and labelled so.
+
+    FLOPs and bytes accessed: remat wraps the blocks only, so the non-block work (embedding, head, loss) is the
+    same under every policy: non-block = 2 F(1 block) - F(2 blocks) of the `names` policy; per block under a
+    policy P = F_P(1 block) - non-block; at full depth F_P = non-block + layers x per block. Memory: the scanned
+    full-depth compile where there is one (exact), else M(1) + (layers - 1) x (M(2) - M(1)) (extrapolated).
+    Step: accum x max(FLOPs / peak, bytes / HBM bandwidth) + the update (the v5p compile's bytes accessed; dp's
+    update reads and writes the same per-chip state on every slice); MFU = analytic FLOPs / (step x peak)."""
+    from streamformer_jax.train.tpu_chips import CHIPS
+
+    one = {p: _micro(out_dir / f"v5e4_dp_b16_{p}_num_layers1.json") for p in ("none", "full", "names")}
+    two = _micro(out_dir / "v5e4_dp_b16_names_num_layers2.json")
+    nb_flops = 2 * one["names"]["flops"] - two["flops"]
+    nb_bytes = 2 * one["names"]["bytes_accessed"] - two["bytes_accessed"]
+    analytic_block = two["analytic_flops"] - one["names"]["analytic_flops"]
+    analytic = one["names"]["analytic_flops"] + (layers - 1) * analytic_block
+    apply_bytes = json.loads((out_dir / "v5p4_dp_b16_none_scan_layersTrue.json").read_text())["steps"]["apply"][
+        "bytes_accessed"]
+    memory = {}
+    for p in ("none", "full", "names"):
+        scanned = out_dir / f"v5e4_dp_b16_{p}_scan_layersTrue.json"
+        if scanned.exists():
+            s = _micro(scanned)
+            need = re.search(r"temporaries \(([\d.]+G)\)", s.get("error", ""))
+            memory[p] = (s.get("hbm_bytes"), "compiled" if "hbm_bytes" in s else
+                         f"does not fit: the compiler needs {need.group(1) if need else '?'} of temporaries")
+        elif p == "names":
+            memory[p] = (one[p]["hbm_bytes"] + (layers - 1) * (two["hbm_bytes"] - one[p]["hbm_bytes"]),
+                         "extrapolated")
+    rows = [f"Per chip, {layers} blocks, 16 clips per chip, kinetics micro-step (compiled for v5e:2x2; "
+            "FLOPs and bytes extrapolated from 1 and 2 blocks):", "",
+            "| remat | HBM (GiB) | how | FLOPs / micro-step | / analytic | HBM traffic / micro-step | "
+            + " | ".join(f"{c} step s (MFU)" for c in ("v5e", "v5p", "v4")) + " |",
+            "| --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in range(3)) + " |"]
+    for p in ("none", "full", "names"):
+        flops = nb_flops + layers * (one[p]["flops"] - nb_flops)
+        traffic = nb_bytes + layers * (one[p]["bytes_accessed"] - nb_bytes)
+        cells = []
+        for c in ("v5e", "v5p", "v4"):
+            chip = CHIPS[c]
+            micro = max(flops / chip.peak_bf16_flops, traffic / chip.hbm_bytes_per_s)
+            step = accum * micro + apply_bytes / chip.hbm_bytes_per_s
+            cells.append(f"{step:.2f} ({accum * analytic / (step * chip.peak_bf16_flops):.2f})")
+        mem, how = memory.get(p, (None, "-"))
+        rows.append(f"| {p} | {mem / 2**30:.1f} | {how} | " if mem else f"| {p} | - | {how} | ")
+        rows[-1] += (f"{flops / 1e12:.1f} TFLOP | {flops / analytic:.2f} | {traffic / 1e9:.0f} GB | "
+                     + " | ".join(cells) + " |")
+    rows.append("")
+    rows.append(f"non-block: {nb_flops / 1e12:.2f} TFLOP, {nb_bytes / 1e9:.1f} GB; analytic {analytic / 1e12:.1f} "
+                f"TFLOP per chip per micro-step; update {apply_bytes / 1e9:.1f} GB accessed")
+    return "\n".join(rows)
+
+
 def main(argv):
     del argv
     if FLAGS.summary:
         print(summary(pathlib.Path(FLAGS.summary)))
+        return
+    if FLAGS.remat_table:
+        print(remat_table(pathlib.Path(FLAGS.remat_table)))
         return
     runs = plan(FLAGS.plan)
     if FLAGS.only:

@@ -185,7 +185,8 @@ def test_the_compiler_s_hbm_limit_is_read_from_its_out_of_memory_message():
 
 
 @pytest.mark.parametrize("variant,chips,remat", [("v5e_256", 256, "full"), ("v5p_128", 64, "none"),
-                                                 ("v4_128", 64, "full")])
+                                                 ("v4_128", 64, "names:temporal_qkv,temporal_attended,spatial_qkv,"
+                                                                "spatial_attended,spatial_residual")])
 def test_pod_variants(variant, chips, remat):
     cfg = load_config("pretrain_multitask", variant)
     assert (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, cfg.mesh.rules) == (-1, 1, 1, "dp")

@@ -2,6 +2,7 @@ r"""Compile the real training and streaming steps for a TPU slice on a machine w
 
     python -m streamformer_jax.train.aot --config configs/pretrain_multitask.py --topology v5p:4x4x4 \
         [--preset dp|fsdp|fsdp_tp] [--config.KEY=VALUE ...] --out report.json
+        [--config.data_dir=DIR | --samples TASK=N,... | --classes TASK=N,...]
     python -m streamformer_jax.train.aot --stream --config configs/pretrain_multitask.py --topology v5e:2x2 \
         --window 16 [--streams_per_chip 8,16] --out stream.json     # largest pool of streams that fits
 
@@ -9,7 +10,8 @@ Needs libtpu (`pip install 'streamformer_jax[tpu]'`): XLA's TPU compiler runs on
 devices of the topology. Nothing is materialised: the state, batch and text arrays are ShapeDtypeStructs with
 the trainer's shardings. The mesh, the model and the trainer come from `train`'s own start-up phases
 (`loop.Setup`: `sharding.make_mesh` over the topology's devices, `ModelSettings` -> the model kind's builder,
-shape-only, -> `step.Trainer` with its shardings, masks, `micro_step_fn` and `apply_step`).
+shape-only, -> `step.Trainer` with its shardings, masks, `micro_step_fn` and `apply_step`). The run's label
+tables and task cycle come from `--config.data_dir` (its metadata only) or stand-ins (`CompileSetup`).
 
 Training report (JSON; every figure per device):
   {"topology", "device_kind", "num_devices", "mesh": {axis: size}, "config": {...},
@@ -32,9 +34,13 @@ Training report (JSON; every figure per device):
   (`scan_layers`) they cover one block ("costs_counted": "xla, loop bodies once", "loop_trips"); compile the
   unrolled model (or one block) for FLOP and traffic figures. Memory and collectives are exact either way.
   Estimates are a roofline: per step the maximum of flops / peak, bytes accessed / HBM bandwidth and wire bytes /
-  ICI bandwidth (chip figures and sources: `train.tpu_chips`); one optimizer step = accum_steps micro-steps
-  (the mean over the run's tasks) + the update; MFU = analytic FLOPs / (step time x peak). Compiled and
+  ICI bandwidth (chip figures and sources: `train.tpu_chips`); one optimizer step = accum_steps micro-steps in
+  the task cycle's proportions (`_combine`) + the update; MFU = analytic FLOPs / (step time x peak). Compiled and
   estimated, not measured.
+
+Streaming report: {"topology", "window", "max_streams_per_chip", "resolution", "predicted_from_two_compiles",
+  "tried": {streams_per_chip: step report + "cache_bytes_per_stream", "params_bytes", estimate with
+  "frames_per_s_per_chip"}} (`search_streams`), or {"runs": {...}} for given --streams_per_chip.
 """
 from __future__ import annotations
 
@@ -49,8 +55,10 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags, logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import config_flags
 
 from data_pipelines.pipeline import mixture
 from streamformer_jax import cli, sharding
@@ -507,12 +515,11 @@ def apply_preset(config, preset: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from absl import flags
-
     argv = list(sys.argv if argv is None else argv)
     error = cli.parse_absl_flags(argv)
     if error:
         return cli.fail(error)
+    logging.set_verbosity(logging.WARNING)  # JAX/optax INFO lines would bury the progress lines
     FLAGS = flags.FLAGS
     config = FLAGS.config
     out = pathlib.Path(FLAGS.out) if FLAGS.out else None
@@ -570,9 +577,6 @@ def _numbers(flag: str, text: str) -> list[int]:
 
 
 def _define_flags():
-    from absl import flags
-    from ml_collections import config_flags
-
     config_flags.DEFINE_config_file("config", None, "Training config (configs/*.py[:variant]).", lock_config=True)
     flags.DEFINE_string("topology", "v5e:2x2", "TPU slice, e.g. v5e:2x2, v5e:16x16, v5p:4x4x4, v4:4x4x4, v6e:4x4.")
     flags.DEFINE_string("preset", "", "Sharding preset dp|fsdp|fsdp_tp (sets config.mesh); default: the config's.")
