@@ -2,6 +2,8 @@
 tables into the losses, the same losses on the dp / fsdp / fsdp_tp presets for all six tasks (retrieval's negatives
 across shards included), accum_steps tied to the task cycle, no silent text-tower substitute, one-line CLI errors,
 and (slow) an exact resume whose step crosses the epoch's last, shorter cycle."""
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +12,6 @@ import pytest
 from data_pipelines.records.sources import load_metadata
 from data_pipelines.pipeline import label_tables, loader, transforms
 from streamformer_jax import sharding as sharding_lib
-from streamformer_jax.tasks import registry
 from streamformer_jax.tasks.model import build_label_embeddings, task_loss
 from streamformer_jax.tasks.templates import VIDEO_TEMPLATES
 from streamformer_jax.text.model import SiglipTextConfig, init_text_model
@@ -19,7 +20,8 @@ from streamformer_jax.train.model_kinds import build_task_model
 from streamformer_jax.train.multitask_kind import HashTokenizer
 from streamformer_jax.train.step import Trainer
 from streamformer_jax.train.task_model import ModelSettings
-from test_train_support import jax_cache, load_config, read_metrics, run_cli, subprocess_env  # noqa: F401
+from test_train_support import (jax_cache, load_config, read_metrics, run_cli, run_readme_block,  # noqa: F401
+                                set_overrides, subprocess_env)
 
 TASKS = ("kinetics", "ssv2", "retrieval", "grounding", "localization", "vis")
 # Micro-batches of 2 clips (two batch shards: data 1 x fsdp 2, tensor 4): the fixture's epoch is 25 micro-batches,
@@ -35,13 +37,7 @@ def _config(world, jax_cache, **overrides):  # noqa: F811
     config.model.overrides.num_layers = 1
     config.accum_steps = 0  # derived from the data's cycle
     config.progress_bar = False
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return set_overrides(config, overrides)
 
 
 def _class_names(world):
@@ -247,20 +243,8 @@ def test_resume_across_the_epochs_last_cycle_is_exact(original_world, jax_cache,
 def test_readme_original_datasets_job(tmp_path):
     """The README's "Pretraining on the original datasets" block as written (/tmp/sf_orig moved into tmp_path), on
     one CPU device, and the numbers the README gives for it."""
-    import json
-    import os
-    import re
-    import subprocess
-    import sys
-
-    from test_train_support import REPO
-
-    section = (REPO / "README.md").read_text().split("### Pretraining on the original datasets", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     work = tmp_path / "sf_orig"
-    env = subprocess_env(1, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block.replace("/tmp/sf_orig", str(work))], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=1500)
+    proc = run_readme_block("### Pretraining on the original datasets", "/tmp/sf_orig", work, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert f"finished: step 20/20 (done); workdir {work / 'run'}" in proc.stdout
     metas = {t: json.loads((work / "records" / t / "metadata.json").read_text()) for t in TASKS}

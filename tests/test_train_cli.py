@@ -2,13 +2,11 @@
 config run as two local JAX processes (jax.distributed over gloo), then resumed with a larger total_steps."""
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from test_train_support import (REPO, builtin_dir, jax_cache, load_config, read_metrics, run_cli,  # noqa: F401
-                                run_cli_two_processes, subprocess_env, tiny_config)
+                                run_cli_two_processes, run_readme_block, subprocess_env, tiny_config)
 
 
 def test_misspelt_override_is_an_error(tmp_path):
@@ -134,13 +132,10 @@ def test_distributed_start_up_is_detected(bare_env):
 def test_readme_main_job(tmp_path):
     """The README's "Quickstart (no downloads)" block as written (only /tmp/sf_tiny moved into tmp_path), on one
     CPU device: six-task tiny pretraining for 20 steps, the export, features from it. About 70 s on 2 cores."""
-    section = (REPO / "README.md").read_text().split("## Quickstart (no downloads)", 1)[1]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    assert "-m streamformer_jax.train --config configs/pretrain_multitask.py:tiny --workdir /tmp/sf_tiny" in block
+    readme = (REPO / "README.md").read_text()
+    assert "-m streamformer_jax.train --config configs/pretrain_multitask.py:tiny --workdir /tmp/sf_tiny" in readme
     work = tmp_path / "sf_tiny"
-    env = subprocess_env(1, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block.replace("/tmp/sf_tiny", str(work))], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = run_readme_block("## Quickstart (no downloads)", "/tmp/sf_tiny", work, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert f"finished: step 20/20 (done); workdir {work}" in proc.stdout
     rows = read_metrics(work)

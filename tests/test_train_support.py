@@ -7,6 +7,7 @@ cache per test session, so repeated runs of the same program do not recompile.
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -66,6 +67,16 @@ def subprocess_env(devices: int, **extra) -> dict:
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def run_readme_block(section: str, placeholder: str, workdir, timeout: float) -> subprocess.CompletedProcess:
+    """The first bash block under the README heading `section`, as written except `placeholder` (its /tmp work
+    directory) replaced by `workdir`, run with bash -euo pipefail on one CPU device."""
+    text = (REPO / "README.md").read_text().split(section, 1)[1]
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    env = subprocess_env(1, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", block.replace(placeholder, str(workdir))], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def run_cli(args, env, timeout=240, cwd=REPO):
