@@ -46,6 +46,7 @@ def model_config(preset: str = "vit_b16", **overrides) -> ml_collections.ConfigD
     c.preset = preset
     c.dtype = "bfloat16"  # matmul compute dtype; parameters (master weights) are always float32
     c.remat_policy = "none"  # "none" or a jax.checkpoint_policies name, e.g. "nothing_saveable"
+    c.scan_layers = False  # trace the blocks as one lax.scan (same parameters and names; one block to compile)
     # The architecture (StreamFormerConfig fields), filled from the preset so each can be overridden.
     c.overrides = architecture(preset, **overrides)
     c.init = ""  # backbone checkpoint to start from: ours or an official HF directory ("" = random init)

@@ -14,6 +14,8 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from absl import app as absl_app, flags as absl_flags
+
 USAGE_ERROR = 2
 INTERRUPTED = 130
 
@@ -65,6 +67,24 @@ def message(err: BaseException) -> str:
     if isinstance(err, OSError) and err.filename and str(err.filename) not in msg:
         msg = f"{err.filename}: {err.strerror or msg}"
     return msg or type(err).__name__
+
+
+def parse_absl_flags(argv: Sequence[str]) -> str | None:
+    """Parse the absl flags of a command that takes a config file (`--config FILE[:ARG] --config.k=v`); the
+    one-line error (None when they parse). config_flags embeds the config file's traceback in its message."""
+    absl_app.define_help_flags()
+    try:
+        rest = absl_flags.FLAGS(list(argv))
+    except (absl_flags.Error, ValueError, AttributeError, KeyError) as err:  # AttributeError: a misspelt override
+        lines = [line for line in str(err).replace("\\n", "\n").splitlines() if line.strip()]
+        if any(line.startswith("Traceback") for line in lines):
+            return f"{lines[0].rstrip(':')}: {lines[-1]} (see --help)"
+        text = " ".join(line.strip(" '\"\\") for line in lines)
+        text = f"unknown config field: {text}" if isinstance(err, (AttributeError, KeyError)) else text
+        return f"{text} (see --help)"
+    if len(rest) > 1:
+        return f"unexpected arguments: {rest[1:]} (see {argv[0]} --help)"
+    return None
 
 
 def fail(text: str) -> int:

@@ -23,8 +23,11 @@ RULES = {
     "fsdp": (("embed", "fsdp"), ("embed_out", None), ("heads", None), ("kv", None), ("mlp", None),
              ("lora", None), ("norm", None)),
     # Megatron-style: attention heads and the MLP hidden units over `tensor`. The temporal D->D map stays
-    # unsplit on its output: sharding it on `tensor` together with heads/mlp gave wrong results on XLA:CPU
-    # (jax 0.10.2, 2x2x2 fake devices), and splitting it buys little.
+    # unsplit on its output (`embed_out`), so the residual stream is never split over `tensor`: the map is folded
+    # into the row-parallel temporal out-projection (heads on `tensor`) and splitting it buys nothing. Splitting it
+    # also trips an XLA partitioner bug on a mesh with data, fsdp and tensor all > 1 (XLA:CPU, jax 0.10.2): a
+    # residual split on `tensor` plus a row-parallel projection gives wrong values (minimal reproduction in
+    # tests/test_scan_and_sharding_bug.py, docs/training.md).
     "fsdp_tp": (("embed", "fsdp"), ("embed_out", None), ("heads", "tensor"), ("kv", None), ("mlp", "tensor"),
                 ("lora", None), ("norm", None)),
 }

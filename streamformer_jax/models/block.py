@@ -4,10 +4,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from streamformer_jax.models.attention import FusedQKVAttention, spatial_attention, temporal_attention
 from streamformer_jax.models.config import StreamFormerConfig
 from streamformer_jax.models.layers import MLP, Dense, HostRngs, LayerNorm, param, zeros_init
+
+# Activations tagged for the `names:...` remat policies (`streamformer.remat_policy`): a policy saves the named
+# ones for the backward pass and recomputes the rest of the block. The tags are no-ops otherwise.
+CHECKPOINT_NAMES = ("temporal_qkv", "temporal_attended", "spatial_qkv", "spatial_attended", "spatial_residual")
 
 
 class DividedSpaceTimeBlock(nnx.Module):
@@ -30,7 +35,8 @@ class DividedSpaceTimeBlock(nnx.Module):
     # The temporal branch is split in two so that streaming can put a KV cache between the halves.
     def temporal_qkv(self, h: jax.Array):
         """h: [B, T, N, D] -> q, k, v: [B, T, N, H, d]."""
-        return self.temporal_attention.project_qkv(self.temporal_layernorm(h), self.dtype)
+        qkv = self.temporal_attention.project_qkv(self.temporal_layernorm(h), self.dtype)
+        return tuple(checkpoint_name(a, "temporal_qkv") for a in qkv)
 
     def temporal_residual(self, h: jax.Array, attended: jax.Array, fold=None) -> jax.Array:
         """h + tanh(gate) * temporal_dense(out_proj(attended)).
@@ -61,12 +67,14 @@ class DividedSpaceTimeBlock(nnx.Module):
 
     def spatial_and_mlp(self, h: jax.Array) -> jax.Array:
         """Per-frame part of the block; h: [B, T, N, D]."""
-        q, k, v = self.attention.project_qkv(self.layernorm_before(h), self.dtype)
-        s = spatial_attention(q, k, v, self.attention.scale)
-        h = h + self.attention.out(s, self.dtype)
+        q, k, v = (checkpoint_name(a, "spatial_qkv")
+                   for a in self.attention.project_qkv(self.layernorm_before(h), self.dtype))
+        s = checkpoint_name(spatial_attention(q, k, v, self.attention.scale), "spatial_attended")
+        h = checkpoint_name(h + self.attention.out(s, self.dtype), "spatial_residual")
         return h + self.mlp(self.layernorm_after(h), self.dtype)
 
     def __call__(self, h: jax.Array, temporal_mask: jax.Array | None) -> jax.Array:
         q, k, v = self.temporal_qkv(h)
-        attended = temporal_attention(q, k, v, self.temporal_attention.scale, temporal_mask)
+        attended = checkpoint_name(temporal_attention(q, k, v, self.temporal_attention.scale, temporal_mask),
+                                   "temporal_attended")
         return self.spatial_and_mlp(self.temporal_residual(h, attended))

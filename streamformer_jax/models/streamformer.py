@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 
 from streamformer_jax.models.attention import temporal_mask
-from streamformer_jax.models.block import DividedSpaceTimeBlock
+from streamformer_jax.models.block import CHECKPOINT_NAMES, DividedSpaceTimeBlock
 from streamformer_jax.models.config import StreamFormerConfig
 from streamformer_jax.models.embeddings import Embeddings, clip_time_ids
 from streamformer_jax.models.heads import MAPHead
@@ -17,11 +17,19 @@ from streamformer_jax.models.layers import HostRngs, LayerNorm, abstract_module,
 
 
 def remat_policy(name: str):
-    """`none` (no remat), `full` (save nothing) or any `jax.checkpoint_policies` attribute name."""
+    """`none` (no remat), `full` (save nothing), `names:A,B,...` (save only the block's activations tagged with
+    those names, `block.CHECKPOINT_NAMES`; recompute the rest) or any `jax.checkpoint_policies` attribute name."""
     if name in ("", "none"):
         return None
     if name == "full":
         return jax.checkpoint_policies.nothing_saveable
+    if name.startswith("names:"):
+        chosen = [n.strip() for n in name[len("names:"):].split(",") if n.strip()]
+        unknown = sorted(set(chosen) - set(CHECKPOINT_NAMES))
+        if not chosen or unknown:
+            raise ValueError(f"remat policy {name!r}: unknown or no activation names {unknown}; "
+                             f"tagged in the block: {list(CHECKPOINT_NAMES)}")
+        return jax.checkpoint_policies.save_only_these_names(*chosen)
     policy = getattr(jax.checkpoint_policies, name, None)
     if policy is None:
         names = sorted(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
@@ -62,6 +70,10 @@ class StreamFormer(nnx.Module):
         # Rematerialisation of each block in training (a jax.checkpoint policy name, see `remat_policy`);
         # a static attribute, so changing it retraces.
         self.remat = "none"
+        # Run the blocks as one `lax.scan` over their parameters stacked inside the trace (static, like `remat`):
+        # the compiler sees one block instead of `num_layers` copies. Parameters, names and checkpoints are the
+        # same either way (the blocks stay separate modules; only the traced program differs).
+        self.scan_layers = False
 
     def __call__(self, pixels: jax.Array, *, time_ids: jax.Array | None = None,
                  temporal_window: int | None = None, output_hidden_states: bool = False) -> dict[str, Any]:
@@ -82,12 +94,28 @@ class StreamFormer(nnx.Module):
         positions = jnp.arange(num_frames)
         mask = temporal_mask(positions, positions, cfg.causal_temporal, temporal_window)
         policy = remat_policy(self.remat)
+        if self.scan_layers and not output_hidden_states:
+            return self.finalize(self._scan_blocks(h, mask, policy))
         run_block = _run_block if policy is None else nnx.remat(_run_block, policy=policy)
         hidden_states = [h]
         for block in self.layers:
             h = run_block(block, h, mask)
             hidden_states.append(h)
         return self.finalize(h, hidden_states if output_hidden_states else None)
+
+    def _scan_blocks(self, h: jax.Array, mask, policy) -> jax.Array:
+        """The blocks in order as one scan; each step rebuilds block l from row l of the stacked parameters."""
+        graphdef, first = nnx.split(self.layers[0])
+        states = [first] + [nnx.split(block)[1] for block in self.layers[1:]]
+        stacked = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+
+        def body(h, state):
+            return nnx.merge(graphdef, state)(h, mask), None
+
+        if policy is not None:
+            body = jax.checkpoint(body, policy=policy, prevent_cse=False)
+        h, _ = jax.lax.scan(body, h, stacked)
+        return h
 
     def finalize(self, h: jax.Array, hidden_states=None) -> dict[str, Any]:
         tokens = self.post_layernorm(h)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from streamformer_jax import cli
@@ -27,24 +27,11 @@ flags.DEFINE_bool("traceback", False, "Show the Python traceback of a user error
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _flag_error(err: Exception) -> str:
-    """One line for a flag or config error (config_flags embeds the config file's traceback in its message)."""
-    lines = [line for line in str(err).replace("\\n", "\n").splitlines() if line.strip()]
-    if any(line.startswith("Traceback") for line in lines):
-        return f"{lines[0].rstrip(':')}: {lines[-1]}"
-    text = " ".join(line.strip(" '\"\\") for line in lines)
-    return f"unknown config field: {text}" if isinstance(err, (AttributeError, KeyError)) else text
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    app.define_help_flags()
-    try:
-        rest = FLAGS(argv)
-    except (flags.Error, ValueError, AttributeError, KeyError) as err:  # AttributeError: a misspelt override
-        return cli.fail(f"{_flag_error(err)} (see --help)")
-    if len(rest) > 1:
-        return cli.fail(f"unexpected arguments: {rest[1:]} (see {argv[0]} --help)")
+    error = cli.parse_absl_flags(argv)
+    if error:
+        return cli.fail(error)
     logging.set_verbosity(logging.WARNING)  # orbax/grain INFO lines drown the progress bar
     try:
         summary = loop.train(FLAGS.config, FLAGS.workdir)

@@ -228,9 +228,10 @@ class Setup:
         self.note = log or (lambda s: print(s, flush=True) if jax.process_index() == 0 else None)
         self.loop = LoopSettings.from_config(config)
 
-    def _make_mesh(self, config) -> jax.sharding.Mesh:
-        """Phase 2: the (data, fsdp, tensor) mesh; the micro-batch must split over its batch axes."""
-        mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    def _make_mesh(self, config, devices=None) -> jax.sharding.Mesh:
+        """Phase 2: the (data, fsdp, tensor) mesh over all devices (or `devices`); the micro-batch must split over
+        its batch axes."""
+        mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
         n_batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
         if self.loop.micro_batch_size % n_batch_shards:
             raise ValueError(f"micro_batch_size {self.loop.micro_batch_size} is not divisible by the data x fsdp "
@@ -254,16 +255,17 @@ class Setup:
     def accum_steps(self) -> int:
         return self.loop.accum_steps
 
-    def _build_model(self, config) -> None:
-        """Phase 4: the model (its kind's builder) and the trainer (optimiser, shardings, compiled steps)."""
-        self.model = ModelSettings.from_config(config)
+    def _build_model(self, config, model: ModelSettings | None = None) -> None:
+        """Phase 4: the model (its kind's builder) and the trainer (optimiser, shardings, compiled steps).
+        model: settings to build instead of the config's (a shape-only model for `train.aot`)."""
+        self.model = model or ModelSettings.from_config(config)
         class_names = {t: label_tables.label_sets(m) for t, m in self.meta.items()}
         self.tm = build_task_model(self.model, class_names)
         optim = copy.deepcopy(config.optim)
         with optim.unlocked():
             optim.warmup_steps = self.warmup_steps
         self.trainer = Trainer(self.tm, optim, self.total_steps, self.mesh, rules=config.mesh.rules,
-                               remat=self.model.remat_policy)
+                               remat=self.model.remat_policy, scan_layers=self.model.scan_layers)
 
     def restore_or_init(self) -> tuple[int, dict, dict]:
         """Phase 5: (step, state, data-iterator state) from the newest good checkpoint, or a fresh state."""

@@ -12,16 +12,22 @@ Label embeddings of the label tasks (mean over the task's templates of normalise
 are computed once at start-up, per dataset for the tasks with per-dataset tables (localization, VIS: one padded
 [K, C, D] table + validity, indexed by the batch's `dataset_id`); the captions of the caption tasks are
 tokenised on the host per micro-batch and encoded by the frozen text tower inside the step.
+
+Shape-only (`ModelSettings.abstract_text`, for ahead-of-time compiles): the same module tree, masks and label
+tables, with ShapeDtypeStructs for values and a text tower of the given architecture; nothing is read or computed.
 """
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from typing import Mapping, Sequence
 
+import jax
 import numpy as np
 from flax import nnx
 
+from streamformer_jax.models.layers import abstract_module
 from streamformer_jax.models.params import model_from_flat_params
 from streamformer_jax.param_tree import flat_params
 from streamformer_jax.tasks import registry
@@ -65,16 +71,21 @@ NO_TEXT_TOWER = ("no SigLIP text tower: give --config.model.init=SIGLIP_DIR (a S
                  "--config.text.allow_random=True)")
 
 
-def _random_tower(settings: ModelSettings):
-    """The deterministic random tiny text tower (`config.text.random`) projecting to the backbone's width."""
+def random_tower_config(settings: ModelSettings) -> SiglipTextConfig:
+    """The architecture of the random tiny text tower (`config.text.random`), projecting to the backbone's width."""
     text, bb = settings.text, settings.backbone
     r = text.random
     d = r.hidden_size or bb.hidden_size
-    text_cfg = SiglipTextConfig(vocab_size=r.vocab_size, hidden_size=d, intermediate_size=r.mlp_size or 2 * d,
-                                num_hidden_layers=r.num_layers, num_attention_heads=r.num_heads,
-                                max_position_embeddings=text.max_length, projection_size=bb.hidden_size)
-    tower = init_text_model(text_cfg, seed=text.seed)
-    scale = float(r.get("init_scale", 1.0))
+    return SiglipTextConfig(vocab_size=r.vocab_size, hidden_size=d, intermediate_size=r.mlp_size or 2 * d,
+                            num_hidden_layers=r.num_layers, num_attention_heads=r.num_heads,
+                            max_position_embeddings=text.max_length, projection_size=bb.hidden_size)
+
+
+def _random_tower(settings: ModelSettings):
+    """The deterministic random tiny text tower (seed `config.text.seed`)."""
+    text_cfg = random_tower_config(settings)
+    tower = init_text_model(text_cfg, seed=settings.text.seed)
+    scale = float(settings.text.random.get("init_scale", 1.0))
     if scale != 1.0:  # larger random weights: captions get distinct embeddings (see configs/common.py)
         flat = {k: np.asarray(v) * (scale if k.endswith(("kernel", "embedding")) else 1.0)
                 for k, v in flat_params(tower).items()}
@@ -85,6 +96,8 @@ def _random_tower(settings: ModelSettings):
 def build(settings: ModelSettings, class_names: Mapping[str, list[str] | dict[str, list[str]]]) -> TaskModel:
     """`class_names`: per task, names by id or {dataset: names by id} (`label_tables.label_sets`)."""
     tasks = [t for t in registry.names() if t in class_names]
+    if settings.abstract_text is not None:
+        return _shape_only(settings, tasks, class_names)
     bb, text_cfg = settings.backbone, settings.text
     allow_random = bool(text_cfg.get("allow_random", False))
     if settings.init:
@@ -121,9 +134,6 @@ def build(settings: ModelSettings, class_names: Mapping[str, list[str] | dict[st
             return {"caption_ids": np.asarray(tokenizer(list(batch["caption"])), np.int32)}
         return {}
 
-    names = list(flat_params(model))
-    trainable = param_groups.trainable_by_mode(names, settings.trainable)
-    decay = param_groups.weight_decay_mask(names)
     # The original wrapper's own (dead) logit scalars keep the heads' initial values (spec §10.10).
     first_head = model.heads[tasks[0]]
     wrapper_scalars = (float(np.asarray(first_head.logit_scale[...])), float(np.asarray(first_head.logit_bias[...])))
@@ -135,7 +145,34 @@ def build(settings: ModelSettings, class_names: Mapping[str, list[str] | dict[st
                               tokenizer=tokenizer, label_sets={t: class_names[t] for t in tasks},
                               wrapper_logit_scale=wrapper_scalars[0], wrapper_logit_bias=wrapper_scalars[1])
 
+    return _task_model(settings, model, text, prepare_batch, export=export, tokenizer=tokenizer)
+
+
+def _shape_only(settings: ModelSettings, tasks: list[str], class_names: Mapping[str, list[str] | dict[str, list[str]]]
+                ) -> TaskModel:
+    """The shapes `build_label_embeddings` gives: [C, D] per flat table, [K, C, D] + valid [K, C] per dataset."""
+    tower = settings.abstract_text
+    model = abstract_module(functools.partial(MultiTaskModel, tasks=tasks, text_config=tower), settings.backbone)
+    text = {}
+    for t in tasks:
+        if registry.get(t).text_kind != registry.LABELS:
+            continue
+        names = class_names[t]
+        if isinstance(names, Mapping):
+            k, c = len(names), max(len(n) for n in names.values())
+            text[t] = jax.ShapeDtypeStruct((k, c, tower.output_size), np.float32)
+            text[f"{t}_valid"] = jax.ShapeDtypeStruct((k, c), np.bool_)
+        else:
+            text[t] = jax.ShapeDtypeStruct((len(names), tower.output_size), np.float32)
+    return _task_model(settings, model, text, None)
+
+
+def _task_model(settings: ModelSettings, model: MultiTaskModel, text, prepare_batch, export=None,
+                tokenizer=None) -> TaskModel:
+    names = list(flat_params(model))
+    trainable = param_groups.trainable_by_mode(names, settings.trainable)
+    decay = param_groups.weight_decay_mask(names)
     return TaskModel(model=model, loss=task_loss, trainable=lambda n: trainable.get(n, False),
-                     decay=lambda n: decay.get(n, True), backbone=bb, text=text, prepare_batch=prepare_batch,
-                     export=export, tokenizer=tokenizer)
+                     decay=lambda n: decay.get(n, True), backbone=settings.backbone, text=text,
+                     prepare_batch=prepare_batch, export=export, tokenizer=tokenizer)
 

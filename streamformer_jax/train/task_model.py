@@ -24,8 +24,12 @@ class ModelSettings:
     """The model part of a training config, derived once (`from_config`) and passed to the model kind.
 
     backbone: the architecture (preset + overrides + compute dtype); init: checkpoint to start from ("" =
-    random); trainable: "original" or "all"; text / classifier / augment: the kind-specific config sections
-    (`config.text`, `config.model.classifier`, `config.augment`), None when the config has none.
+    random); trainable: "original" or "all"; remat_policy / scan_layers: how the trainer traces the backbone's
+    blocks (`apply_remat`); text / classifier / augment: the kind-specific config sections (`config.text`,
+    `config.model.classifier`, `config.augment`), None when the config has none.
+    abstract_text: not set from a config. A `SiglipTextConfig` asks the kind for a shape-only model (parameters,
+    label tables as ShapeDtypeStructs; no values, no checkpoint read) whose frozen text tower has that
+    architecture, for ahead-of-time compiles (`train.aot`).
     """
 
     kind: str
@@ -33,18 +37,20 @@ class ModelSettings:
     init: str = ""
     trainable: str = "original"
     remat_policy: str = "none"
+    scan_layers: bool = False
     seed: int = 0
     text: Any = None
     classifier: Any = None
     augment: Any = None
+    abstract_text: Any = None
 
     @classmethod
     def from_config(cls, config) -> "ModelSettings":
         m = config.model
         backbone = get_preset(m.preset, dtype=m.dtype, **dict(m.overrides))
         return cls(kind=m.kind, backbone=backbone, init=m.init, trainable=m.trainable,
-                   remat_policy=m.remat_policy, seed=int(config.seed), text=config.get("text"),
-                   classifier=m.get("classifier"), augment=config.get("augment"))
+                   remat_policy=m.remat_policy, scan_layers=bool(m.scan_layers), seed=int(config.seed),
+                   text=config.get("text"), classifier=m.get("classifier"), augment=config.get("augment"))
 
 
 @dataclasses.dataclass
@@ -75,14 +81,16 @@ class TaskModel:
     tokenizer: Any = None
 
 
-def apply_remat(model: nnx.Module, name: str) -> nnx.Module:
-    """Rematerialise every divided space-time block of the backbone(s) in `model` under the named policy.
+def apply_remat(model: nnx.Module, name: str, scan_layers: bool = False) -> nnx.Module:
+    """Rematerialise every divided space-time block of the backbone(s) in `model` under the named policy, and
+    trace the blocks as one `lax.scan` if `scan_layers` (same parameters; one block for the compiler).
 
-    Sets the backbone's static `remat` attribute (validated here); call on a freshly merged module inside
-    the traced step.
+    Sets the backbone's static `remat` / `scan_layers` attributes (the policy validated here); call on a freshly
+    merged module inside the traced step.
     """
     remat_policy(name)  # fail early on an unknown name
     for _, node in nnx.iter_graph(model):
         if isinstance(node, StreamFormer):
             node.remat = name
+            node.scan_layers = bool(scan_layers)
     return model
