@@ -168,7 +168,9 @@ def test_retrieval_negatives_come_from_every_shard(presets_setup):
     whole = float(loss(tm.model, numeric, tm.text))
     assert sharded == pytest.approx(whole, rel=2e-5)
     alone = [float(loss(tm.model, {k: v[i:i + 1] for k, v in numeric.items()}, tm.text)) for i in range(8)]
-    assert abs(np.mean(alone) - whole) > 1e-3
+    # At init the sigmoid loss's bias (-10) makes each negative pair small, so the gap is compared with the sharded
+    # computation's own rounding: leaving the other shards' captions out must move the loss far more than that.
+    assert abs(np.mean(alone) - whole) > 10 * max(abs(sharded - whole), 1e-5)
 
 
 # ------------------------------------------------------------------------------------------- no silent substitutes
