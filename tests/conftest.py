@@ -31,10 +31,10 @@ def required(name: str) -> bool:
 
 
 # Test files whose dependency cannot share the [test] environment (apache-beam pins protobuf apart from
-# tensorflow-datasets): CI runs each in its own environment with that module named in STREAMFORMER_REQUIRE. In any
-# other run without the module they are left out of collection, so "all" (every skip fails) still means every test
-# of this environment ran.
-OWN_ENVIRONMENT = {"test_data_convert_beam.py": "apache_beam"}
+# tensorflow-datasets; libtpu probes for a TPU whenever JAX starts): CI runs each in its own environment with that
+# module named in STREAMFORMER_REQUIRE. In any other run without the module they are left out of collection, so
+# "all" (every skip fails) still means every test of this environment ran.
+OWN_ENVIRONMENT = {"test_data_convert_beam.py": "apache_beam", "test_aot_tpu.py": "libtpu"}
 collect_ignore = [file for file, module in OWN_ENVIRONMENT.items()
                   if module not in REQUIRED and importlib.util.find_spec(module) is None]
 

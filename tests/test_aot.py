@@ -1,7 +1,9 @@
 """Ahead-of-time compilation support that runs without libtpu: the shape-only model and batch match the real
 ones the trainer gets, the HLO collective counter, topology names, the mesh over given devices, and the
 one-line errors. The TPU compiles themselves are in tests/test_aot_tpu.py (CI runs it in a [tpu] environment)."""
+import dataclasses
 import importlib.util
+import pathlib
 import subprocess
 import sys
 
@@ -14,6 +16,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from data_pipelines.pipeline import label_tables, mixture
 from streamformer_jax.train import aot, compiled_stats, loop, tpu_chips
+from streamformer_jax.train.model_kinds import build_task_model
+from streamformer_jax.train.multitask_kind import random_tower_config
 from streamformer_jax.train.step import device_batch
 from streamformer_jax.train.task_model import ModelSettings
 from test_train_support import REPO, builtin_dir, jax_cache, load_config, tiny_config  # noqa: F401
@@ -256,3 +260,31 @@ def test_the_step_estimate_follows_the_task_cycle():
     assert r["step_s"] == pytest.approx(2 * (1 + 1 + 2 + 3) + 0.5) and r["bound"] == "memory"
     assert "ssv2" in r["note"]
     assert aot._combine(steps, ["kinetics", "vis"], None, 3, 1e12, chip, 64)["step_s"] == pytest.approx(6.5)
+
+
+def test_with_a_data_dir_the_label_tables_and_cycle_are_the_data_s(builtin_dir):  # noqa: F811
+    """--config.data_dir: train's own data phase (metadata.json and the mixture plan; no record decoded)."""
+    cfg = load_config("pretrain_multitask", "tiny")
+    cfg.data_dir, cfg.accum_steps = builtin_dir, 0
+    setup = aot.CompileSetup(cfg, jax.devices())
+    meta = loop.read_metadata({t: pathlib.Path(builtin_dir) / t for t in ALL_TASKS})
+    assert setup.meta == meta and setup.tasks == list(ALL_TASKS)
+    assert setup.accum_steps == len(setup.plan.cycle) >= len(ALL_TASKS)
+    for task in ALL_TASKS:
+        sets = label_tables.label_sets(meta[task])
+        if isinstance(sets, dict):  # per-dataset tables: [K, C, D] + valid, and the batch carries dataset_id
+            assert setup.tm.text[task].shape[:2] == (len(sets), max(len(n) for n in sets.values()))
+            assert "dataset_id" in aot.abstract_batch(cfg, task, setup.mesh, setup.meta[task])
+
+
+def test_shape_only_per_dataset_label_tables_match_the_real_ones():
+    """{dataset: names} label sets (the original's localization / VIS): the real builder's padded [K, C, D] table
+    and validity against the shape-only ones."""
+    settings = ModelSettings.from_config(load_config("pretrain_multitask", "tiny"))
+    names = {"kinetics": ["a", "b", "c"],
+             "vis": {"COCOPseudoVIS": ["p", "q"], "LVVIS": ["", "x", "y", "z"], "YoutubeVIS": ["", "u"]}}
+    real = build_task_model(settings, names)
+    fake = build_task_model(dataclasses.replace(settings, abstract_text=random_tower_config(settings)), names)
+    assert {k: (np.shape(v), np.asarray(v).dtype) for k, v in real.text.items()} == \
+        {k: (v.shape, v.dtype) for k, v in fake.text.items()}
+    assert fake.text["vis"].shape[:2] == (3, 4) and fake.text["vis_valid"].shape == (3, 4)
