@@ -74,7 +74,8 @@ def text_config() -> ml_collections.ConfigDict:
     # True = use the random tower below (the tiny variant and tests).
     c.allow_random = False
     # The random tower used when checkpoint == "" (hidden_size 0 = the backbone's width, mlp_size 0 = 2x).
-    # init_scale multiplies its initial kernels and embeddings (SigLIP's std 0.02); see tiny_overrides.
+    # init_scale multiplies its initial kernels and embeddings (SigLIP's std 0.02); scripts/pretrain_quality.py
+    # uses 25 with 4 layers x 8 heads so that the built-in captions get distinct embeddings.
     c.random = ml_collections.ConfigDict(dict(vocab_size=4096, hidden_size=0, mlp_size=0, num_layers=1,
                                               num_heads=4, init_scale=1.0))
     return c
@@ -178,13 +179,6 @@ def tiny_overrides(config: ml_collections.ConfigDict) -> None:
     config.peak_tflops_per_device = 0.205  # this project's 2-core CPU, float32 matmul peak
     config.text.max_length = 16
     config.text.allow_random = True  # no SigLIP download on a CPU: the documented random text tower
-    # The stand-in tower must tell the captions apart, or caption tasks have nothing to learn. Its pooled vector is
-    # that of the last position, a pad token: at SigLIP's init scale the pad's own embedding dominates and every
-    # caption gets nearly the same vector (cosine >= 0.999); at 25x the attention is sharp and picks a few tokens,
-    # and 1-2 layers of 4 heads pick too few ("a red square moving left to right" and "a blue square moving left
-    # to right" got the same vector: retrieval stayed at chance). 4 layers x 8 heads mix enough words: the 8
-    # colour x direction captions of the built-in data have pairwise cosines <= 0.90 (tests/test_tiny_text_tower.py).
-    config.text.random.update(num_layers=4, num_heads=8, init_scale=25.0)
     data = load_sibling(__file__, "data_builtin").get_config()
     data.num_frames = 4
     data.image_size = 32

@@ -5,9 +5,12 @@ built-in clips, and an online-action-detection head on built-in streams, each ag
 
 1. Pretrains the tiny model on the built-in dataset (`configs/pretrain_multitask.py:tiny`, 8 frames per clip,
    `--steps` optimizer steps, the zero-shot tasks retrieval + grounding + localization, one micro-batch of each per
-   step) with the recipe's stand-in text tower (random, frozen: 4 layers x 8 heads at 25x SigLIP's init scale, so
-   that the built-in captions get distinct embeddings; configs/common.py). The same model before training (the
-   run's seed) is exported too.
+   step) with a stand-in text tower (random, frozen) that tells the built-in captions apart: 4 layers x 8 heads
+   at 25x SigLIP's init scale (`TEXT_TOWER`). The tiny config's own stand-in (one layer at SigLIP's scale) gives
+   every caption nearly the same embedding (cosine >= 0.999): its pooled vector is that of the last position, a
+   pad token, whose own embedding dominates. At 25x the attention is sharp and picks a few tokens, and 2 layers x 4
+   heads pick too few: "a red square moving left to right" and "a blue square moving left to right" got the same
+   embedding and retrieval stayed at chance. The same model before training (the run's seed) is exported too.
 2. Writes held-out built-in records (`python -m eval.builtin_heldout`: other sizes, lengths, shades, windows) and runs
    `python -m eval.retrieval|grounding|localization` on them for the trained and the untrained model.
 3. Baselines on the same held-out data: retrieval chance R@1 = 1 / (videos); grounding: windows with two
@@ -30,22 +33,25 @@ import sys
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The stand-in text tower of these runs (config.text.random; see the module docstring and tests/test_tiny_text_tower.py)
+TEXT_TOWER = {"num_layers": 4, "num_heads": 8, "init_scale": 25.0}
 
 
-def load_config(steps: int, num_frames: int, seed: int | None, tasks: str = "", text_init_scale: float | None = None,
-                text_layers: int | None = None, text_heads: int | None = None):
+def load_config(steps: int, num_frames: int, seed: int | None = None, tasks: str = "",
+                text_init_scale: float | None = None, text_layers: int | None = None, text_heads: int | None = None):
+    """The tiny pretraining config of these runs: `configs/pretrain_multitask.py:tiny` with `TEXT_TOWER` (each of
+    its values overridable) and the given steps, frames, seed and tasks."""
     spec = importlib.util.spec_from_file_location("_sf_pretrain", REPO / "configs" / "pretrain_multitask.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config("tiny")
     config.total_steps = steps
     config.model.overrides.num_frames = num_frames
-    if text_init_scale is not None:
-        config.text.random.init_scale = text_init_scale
-    if text_layers is not None:
-        config.text.random.num_layers = text_layers
-    if text_heads is not None:
-        config.text.random.num_heads = text_heads
+    tower = dict(TEXT_TOWER)
+    for key, value in (("init_scale", text_init_scale), ("num_layers", text_layers), ("num_heads", text_heads)):
+        if value is not None:
+            tower[key] = value
+    config.text.random.update(tower)
     config.progress_bar = False
     config.log_every = 20
     config.checkpoint.every_steps = 100
@@ -195,11 +201,11 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", default="retrieval,grounding,localization",
                    help="pretraining tasks, comma-separated (default: the three zero-shot tasks; '' = all six)")
     p.add_argument("--text-init-scale", type=float, default=None,
-                   help="init scale of the stand-in text tower (default: the tiny recipe's, 25)")
+                   help="init scale of the stand-in text tower (default 25; 1 = SigLIP's std 0.02)")
     p.add_argument("--text-layers", type=int, default=None,
-                   help="layers of the stand-in text tower (default: the tiny recipe's, 4)")
+                   help="layers of the stand-in text tower (default 4)")
     p.add_argument("--text-heads", type=int, default=None,
-                   help="attention heads of the stand-in text tower (default: the tiny recipe's, 8)")
+                   help="attention heads of the stand-in text tower (default 8)")
     args = p.parse_args(argv)
     summary = json.dumps(run(args.workdir, steps=args.steps, num_frames=args.num_frames, seed=args.seed,
                              tasks=args.tasks, text_init_scale=args.text_init_scale, text_layers=args.text_layers,

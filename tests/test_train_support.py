@@ -40,7 +40,6 @@ def tiny_config(builtin_dir: str, jax_cache: str, tasks=("kinetics",), **overrid
     config.compilation_cache_dir = jax_cache
     config.tasks = ",".join(tasks)
     config.model.overrides.num_layers = 1  # compile time dominates the tests on CPU
-    config.text.random.num_layers = 1  # (the same for the stand-in text tower the caption tasks run in the step)
     config.accum_steps = len(tasks)
     config.progress_bar = False
     config.checkpoint.async_save = True
