@@ -256,4 +256,9 @@ def test_bfloat16_within_tolerance_of_float32(fixtures_dir, name):
     pool.open("x")
     got = [pool.push({"x": f})["x"] for f in long]
     assert_bf16_close({n: np.stack([g[n] for g in got]) for n in KEYS}, official_window, f"{name} pool")
-    assert pool._cache.keys.dtype == jax.numpy.bfloat16  # the cache is kept in the compute dtype
+    # The entries are bfloat16 values; on CPU they are stored as float32 (streaming.cache_dtype), exactly.
+    keys = pool._cache.keys
+    assert keys.dtype == streaming.cache_dtype("bfloat16")
+    assert np.array_equal(np.asarray(keys), np.asarray(keys.astype(jax.numpy.bfloat16).astype(keys.dtype)))
+    assert streaming.cache_dtype("bfloat16", "tpu") == jax.numpy.bfloat16
+    assert streaming.cache_dtype("bfloat16", "cpu") == jax.numpy.float32

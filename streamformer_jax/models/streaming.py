@@ -49,7 +49,18 @@ class StreamCache(NamedTuple):
         return self.slot_frame.shape[-1]
 
 
-def init_cache(model: StreamFormer, batch: int, window: int | None, height: int, width: int) -> StreamCache:
+def cache_dtype(compute_dtype, backend: str | None = None):
+    """The cache's storage dtype: the compute dtype, except float32 on CPU. XLA:CPU has no native bfloat16
+    element-wise ops, so it widens the in-place entry writes of a bfloat16 cache into converts of the whole
+    cache (every layer, every step); float32 storage holds bfloat16 keys/values exactly, and reads are cast
+    back to the compute dtype, so the results are the same."""
+    backend = jax.default_backend() if backend is None else backend
+    return jnp.float32 if backend == "cpu" else jnp.dtype(compute_dtype)
+
+
+def init_cache(model: StreamFormer, batch: int, window: int | None, height: int, width: int,
+               dtype=None) -> StreamCache:
+    """An empty cache of `batch` slots; dtype: storage of the keys/values (default `cache_dtype`)."""
     cfg = model.config
     if not cfg.causal_temporal:
         raise ValueError("streaming needs a model with causal temporal attention (causal_temporal=True)")
@@ -60,8 +71,9 @@ def init_cache(model: StreamFormer, batch: int, window: int | None, height: int,
         raise ValueError(f"the cache needs at least one slot, got {batch}")
     gh, gw = model.embeddings.patch_grid(height, width)
     shape = (cfg.num_layers, batch, window, gh * gw, cfg.num_heads, cfg.head_dim)
+    dtype = cache_dtype(cfg.compute_dtype) if dtype is None else dtype
     # Two distinct buffers: the step donates the cache, and one buffer cannot be donated twice.
-    return StreamCache(jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype),
+    return StreamCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
                        jnp.full((batch, window), -1, jnp.int32), jnp.zeros((batch,), jnp.int32))
 
 
@@ -135,6 +147,8 @@ def _step_slots(model: StreamFormer, cache: StreamCache, first, pixels, active, 
             layer_values = _write_entries(rows(values[layer])[None], 0, 0, ring_pos, v[:, 0], active)[0]
             new_keys.append(k[:, 0])
             new_values.append(v[:, 0])
+        # exact: the entries were computed in the compute dtype (see `cache_dtype`)
+        layer_keys, layer_values = layer_keys.astype(q.dtype), layer_values.astype(v.dtype)
         attended = temporal_attention(q, layer_keys, layer_values, block.temporal_attention.scale, mask)
         fold = None if folds is None else folds[layer]
         h = block.spatial_and_mlp(block.temporal_residual(h, attended, fold))
