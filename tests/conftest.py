@@ -41,6 +41,8 @@ collect_ignore = [file for file, module in OWN_ENVIRONMENT.items()
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: slow test, excluded from the default run (-m 'not slow')")
+    config.addinivalue_line("markers", "evidence: runs a README quality-evidence script (also slow); CI leaves these "
+                                       "out to stay in its time budget: run them with -m evidence")
     try:  # grain's multiprocessing workers read absl flags; under pytest nobody parses them.
         from absl import flags
 

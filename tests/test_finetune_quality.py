@@ -6,9 +6,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from test_train_support import REPO, subprocess_env
 
 
+@pytest.mark.slow
+@pytest.mark.evidence
 def test_finetuned_tiny_model_beats_chance_on_held_out_clips(tmp_path):
     out = subprocess.run([sys.executable, "scripts/finetune_quality.py", "--workdir", str(tmp_path)],
                          env=subprocess_env(1), cwd=REPO, capture_output=True, text=True, timeout=600)

@@ -12,6 +12,7 @@ from test_train_support import REPO, subprocess_env
 
 
 @pytest.mark.slow
+@pytest.mark.evidence
 def test_pretrained_tiny_model_beats_chance_on_held_out_data(tmp_path):
     out = subprocess.run([sys.executable, "scripts/pretrain_quality.py", "--workdir", str(tmp_path)],
                          env=subprocess_env(1), cwd=REPO, capture_output=True, text=True, timeout=7200)

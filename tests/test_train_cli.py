@@ -47,6 +47,7 @@ def _two_processes(workdir, builtin, cache, steps):
          "--config.model.overrides.num_layers=1"])
 
 
+@pytest.mark.slow  # about 100 s: two launches of two processes (default runs cover two-process data and eval)
 def test_tiny_config_on_two_processes_then_resume(tmp_path, builtin_dir, jax_cache):  # noqa: F811
     from streamformer_jax.train import loop
 
