@@ -220,6 +220,7 @@ def _peak(fx, video, **kwargs) -> int:
         tracemalloc.stop()
 
 
+@pytest.mark.slow  # about 15 s
 def test_long_video_streams_in_bounded_memory(random_fx, tmp_path):
     n = 64  # 16 windows; the long video is 4x that (64 windows)
     short, long_ = encode_video(tmp_path / "short.mp4", n), encode_video(tmp_path / "long.mp4", 4 * n)

@@ -16,7 +16,8 @@ from streamformer_jax.models.streamformer import init_model, remat_policy
 from streamformer_jax.train.task_model import apply_remat
 
 
-@pytest.mark.parametrize("remat", ["none", "full", "names:spatial_qkv,temporal_attended"])
+@pytest.mark.parametrize("remat", [pytest.param("none", marks=pytest.mark.slow), pytest.param("full", marks=pytest.mark.slow),
+                                   "names:spatial_qkv,temporal_attended"])  # none/full: slow (about 15 s each)
 def test_scanned_blocks_give_the_loop_s_outputs_and_gradients(remat):
     cfg = model_configs.StreamFormerConfig(hidden_size=64, num_layers=3, num_heads=4, mlp_size=128, image_size=32,
                                            patch_size=16, num_frames=4, lora_rank=4)
@@ -41,6 +42,7 @@ def test_scanned_blocks_give_the_loop_s_outputs_and_gradients(remat):
     assert re.search(r'known_trip_count":\{"n":"3"', scanned.as_text())
 
 
+@pytest.mark.slow  # about 20 s: three policies compiled
 def test_remat_by_name_saves_the_named_activations_and_recomputes_the_rest():
     cfg = model_configs.StreamFormerConfig(hidden_size=64, num_layers=2, num_heads=4, mlp_size=256, image_size=64,
                                            patch_size=16, num_frames=4, lora_rank=4)

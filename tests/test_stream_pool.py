@@ -242,7 +242,7 @@ def assert_bf16_close(got, ref, what):
         assert cos.min() > BF16_COS, (what, n, cos.min())
 
 
-@pytest.mark.parametrize("name", ["tiny", "small"])
+@pytest.mark.parametrize("name", ["tiny", pytest.param("small", marks=pytest.mark.slow)])
 def test_bfloat16_within_tolerance_of_float32(fixtures_dir, name):
     f32 = FeatureExtractor.from_checkpoint(fixtures_dir / name)
     b16 = FeatureExtractor.from_checkpoint(fixtures_dir / name, dtype="bfloat16")

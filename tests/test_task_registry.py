@@ -85,6 +85,7 @@ def test_a_seventh_task_converts_and_round_trips_its_records(toy_task, tmp_path)
         schema.encode_record({k: v for k, v in rec.items() if k != "label"})
 
 
+@pytest.mark.slow  # about 25 s: a training step of the seven-task model
 def test_a_seventh_task_trains_one_step(toy_task, tmp_path):
     from streamformer_jax.train import loop
 
