@@ -29,10 +29,10 @@ CORE = [
 TORCH = ["torch==2.13.0", "transformers==4.52.3"]
 # tensorflow-datasets reads converted ArrayRecord output without TensorFlow (docs/data_convert.md).
 TFDS = ["tensorflow-datasets==4.9.10"]
-# sklearn: an independent AP reference.
 # XLA's TPU compiler for ahead-of-time compiles on a machine without a TPU (streamformer_jax.train.aot); it pins
 # libtpu 0.0.42.*. Installed in its own environment in CI (libtpu probes for a TPU at every JAX start-up).
 TPU = ["jax[tpu]==0.10.2"]
+# sklearn: an independent AP reference.
 TEST = ["pytest==9.2.0", "pytest-xdist==3.8.0", "scikit-learn==1.7.2"] + TORCH + TFDS
 
 setup(
