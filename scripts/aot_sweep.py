@@ -105,23 +105,13 @@ def plan(name: str) -> dict[str, dict]:
 
 
 def load_config(overrides: dict, preset: str):
-    from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_sweep_cfg", pathlib.Path(CONFIG))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(None)
     from streamformer_jax.train import aot
+    from streamformer_jax.train.config_files import load_config as load_config_file, set_overrides
 
+    config = load_config_file(CONFIG)
     aot.apply_preset(config, preset)
     with config.unlocked():
-        for key, value in overrides.items():
-            node = config
-            *path, last = key.split(".")
-            for p in path:
-                node = node[p]
-            node[last] = value
+        set_overrides(config, overrides)
     return config
 
 

@@ -15,7 +15,7 @@ import ml_collections
 import pytest
 
 from multihost import free_port, wait_all
-from streamformer_jax.train.config_files import load_config  # noqa: F401 - the tests' config loader
+from streamformer_jax.train.config_files import load_config, set_overrides  # noqa: F401 - the tests' config helpers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -44,17 +44,6 @@ def tiny_config(builtin_dir: str, jax_cache: str, tasks=("kinetics",), **overrid
     config.progress_bar = False
     config.checkpoint.async_save = True
     return set_overrides(config, overrides)
-
-
-def set_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
-    """`{"checkpoint.every_steps": 2, ...}` -> set, like --config.checkpoint.every_steps=2."""
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
 
 
 def read_metrics(workdir) -> list[dict]:

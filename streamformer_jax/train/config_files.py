@@ -26,6 +26,17 @@ def load_sibling(file: str | pathlib.Path, name: str) -> types.ModuleType:
     return load_module(pathlib.Path(file).with_name(f"{name}.py"))
 
 
+def set_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+    """`{"checkpoint.every_steps": 2, ...}` -> set in place, as `--config.checkpoint.every_steps=2` would."""
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
 def load_config(name_or_path: str | pathlib.Path, arg: str | None = None) -> ml_collections.ConfigDict:
     """`get_config(arg)` of a config file: a path, or a name in the repository's `configs/` directory."""
     path = pathlib.Path(name_or_path)
