@@ -297,6 +297,17 @@ class _Run:
             video.job = self.decoder.submit(video)
             self.submitted.append(video)
 
+    def _video_in(self, slot: int) -> tuple[_Video | None, bool]:
+        """The video running in `slot`, else the next one of the queue, placed there (True: newly placed);
+        None when the queue is empty."""
+        video = self.live.get(slot)
+        if video is not None:
+            return video, False
+        video = self._take_next()
+        if video is not None:
+            self.live[slot] = video
+        return video, True
+
     def _take_next(self) -> _Video | None:
         self._top_up()
         if not self.submitted:
@@ -355,12 +366,10 @@ class _Run:
             frames, times = {}, {}
             for slot in range(self.slots):
                 while True:
-                    video = self.live.get(slot)
+                    video, placed = self._video_in(slot)
                     if video is None:
-                        video = self._take_next()
-                        if video is None:
-                            break
-                        self.live[slot] = video
+                        break
+                    if placed:
                         pool.open(slot)
                     item = self._next_frame(video)
                     if item is None or item is END:
@@ -397,12 +406,9 @@ class _Run:
             clips, times = {}, {}
             for slot in range(self.slots):
                 while True:
-                    video = self.live.get(slot)
+                    video, _ = self._video_in(slot)
                     if video is None:
-                        video = self._take_next()
-                        if video is None:
-                            break
-                        self.live[slot] = video
+                        break
                     ts, fs, item = [], [], None
                     while len(fs) < w:
                         item = self._next_frame(video)
