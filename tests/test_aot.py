@@ -163,19 +163,21 @@ def test_topology_names():
     assert tpu_chips.chip_for("v5e:2x2").hbm_bytes == 16 * 10**9
 
 
+def _aot_cli_on_tiny(topology: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "streamformer_jax.train.aot", "--config",
+                           str(REPO / "configs" / "pretrain_multitask.py") + ":tiny", "--topology", topology],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is not None, reason="libtpu is installed here")
 def test_cli_says_in_one_line_that_libtpu_is_missing():
-    r = subprocess.run([sys.executable, "-m", "streamformer_jax.train.aot", "--config",
-                        str(REPO / "configs" / "pretrain_multitask.py") + ":tiny", "--topology", "v5e:2x2"],
-                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    r = _aot_cli_on_tiny("v5e:2x2")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: libtpu is not installed")
 
 
 def test_cli_rejects_a_bad_topology_in_one_line():
-    r = subprocess.run([sys.executable, "-m", "streamformer_jax.train.aot", "--config",
-                        str(REPO / "configs" / "pretrain_multitask.py") + ":tiny", "--topology", "v5e:2x2x2"],
-                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    r = _aot_cli_on_tiny("v5e:2x2x2")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: topology 'v5e:2x2x2'")
 
